@@ -1,0 +1,151 @@
+"""Fault rules for the provider simulator (pure logic, no I/O).
+
+Drills and tests switch failures on and off at run time; keeping the matching rules
+here, away from HTTP, makes them easy to reason about and cheap when no rule exists.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+KINDS = frozenset({"429", "500", "503", "400", "hang", "malformed", "latency"})
+DEFAULT_RETRY_AFTER_S = 1.0
+
+
+class FaultSpecError(ValueError):
+    """The fault description sent to ``POST /_sim/faults`` is invalid."""
+
+
+@dataclass(slots=True)
+class FaultRule:
+    id: str
+    kind: str
+    provider: str | None = None
+    model: str | None = None
+    remaining: int | None = None  # None = until removed
+    retry_after_s: float = DEFAULT_RETRY_AFTER_S
+    latency_ms: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "provider": self.provider,
+            "model": self.model,
+            "remaining": self.remaining,
+            "retry_after_s": self.retry_after_s,
+            "latency_ms": self.latency_ms,
+        }
+
+
+def _opt_str(spec: dict[str, Any], key: str) -> str | None:
+    value = spec.get(key)
+    if value is not None and not isinstance(value, str):
+        raise FaultSpecError(f"{key} must be a string or null")
+    return value
+
+
+def _opt_number(spec: dict[str, Any], key: str) -> float | None:
+    value = spec.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise FaultSpecError(f"{key} must be a non-negative number or null")
+    return float(value)
+
+
+class FaultTable:
+    """Ordered fault rules; the most recently added matching rule wins."""
+
+    __slots__ = ("_ids", "_rules")
+
+    def __init__(self) -> None:
+        self._rules: list[FaultRule] = []
+        self._ids = itertools.count(1)
+
+    def __len__(self) -> int:
+        return len(self._rules)
+
+    def add_spec(self, spec: Any) -> FaultRule:
+        """Validate a JSON fault description and add it."""
+        if not isinstance(spec, dict):
+            raise FaultSpecError("body must be a JSON object")
+        kind = spec.get("kind")
+        if isinstance(kind, int) and not isinstance(kind, bool):
+            kind = str(kind)
+        if kind not in KINDS:
+            raise FaultSpecError(f"kind must be one of {sorted(KINDS)}")
+        count = spec.get("count")
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int)):
+            raise FaultSpecError("count must be an integer or null")
+        if count is not None and count < 1:
+            raise FaultSpecError("count must be >= 1")
+        retry_after = _opt_number(spec, "retry_after_s")
+        latency = _opt_number(spec, "latency_ms")
+        if kind == "latency" and latency is None:
+            raise FaultSpecError("latency_ms is required for kind 'latency'")
+        return self.add(
+            kind,
+            provider=_opt_str(spec, "provider"),
+            model=_opt_str(spec, "model"),
+            count=count,
+            retry_after_s=DEFAULT_RETRY_AFTER_S if retry_after is None else retry_after,
+            latency_ms=latency or 0.0,
+        )
+
+    def add(
+        self,
+        kind: str,
+        *,
+        provider: str | None = None,
+        model: str | None = None,
+        count: int | None = None,
+        retry_after_s: float = DEFAULT_RETRY_AFTER_S,
+        latency_ms: float = 0.0,
+    ) -> FaultRule:
+        if kind not in KINDS:
+            raise FaultSpecError(f"unknown fault kind {kind!r}")
+        rule = FaultRule(
+            id=f"f{next(self._ids)}",
+            kind=kind,
+            provider=provider,
+            model=model,
+            remaining=count,
+            retry_after_s=retry_after_s,
+            latency_ms=latency_ms,
+        )
+        self._rules.append(rule)
+        return rule
+
+    def match(self, provider: str, model: str) -> FaultRule | None:
+        """Return the rule for this request, consuming one use of a counted rule."""
+        rules = self._rules
+        if not rules:
+            return None
+        for i in range(len(rules) - 1, -1, -1):
+            rule = rules[i]
+            if (rule.provider is None or rule.provider == provider) and (
+                rule.model is None or rule.model == model
+            ):
+                if rule.remaining is not None:
+                    rule.remaining -= 1
+                    if rule.remaining <= 0:
+                        del rules[i]
+                return rule
+        return None
+
+    def remove(self, rule_id: str) -> bool:
+        for i, rule in enumerate(self._rules):
+            if rule.id == rule_id:
+                del self._rules[i]
+                return True
+        return False
+
+    def clear(self) -> None:
+        self._rules.clear()
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Rules in match order (newest first)."""
+        return [r.to_dict() for r in reversed(self._rules)]

@@ -1,0 +1,57 @@
+# Switchboard developer entry points. `make run` and `make test` work on a fresh clone:
+# they create the virtualenv, install the project, bring up NATS/Redis/PostgreSQL and
+# apply migrations before doing anything else.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+BOOTSTRAP_PYTHON ?= $(shell command -v python3.11 || command -v python3)
+PYTEST_ARGS ?=
+RUN_ARGS ?=
+
+.PHONY: help setup infra run run-demo test lint bench bench-compare clean
+
+help: ## list targets
+	@echo "Switchboard make targets:"
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@echo "Variables: PYTEST_ARGS='-k foo' (test), RUN_ARGS='...' (run), SB_*_URL (infra)"
+
+setup: $(STAMP) ## create .venv and install the project with [dev] extras
+
+# Re-installs only when pyproject.toml changes (or the venv is missing).
+$(STAMP): pyproject.toml
+	@if [ ! -x $(PY) ]; then \
+	  test -n "$(BOOTSTRAP_PYTHON)" || { echo "python3.11/python3 not found" >&2; exit 1; }; \
+	  echo "setup: creating $(VENV) with $(BOOTSTRAP_PYTHON)"; \
+	  $(BOOTSTRAP_PYTHON) -m venv $(VENV); \
+	fi
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+infra: setup ## start NATS/Redis/PostgreSQL if needed, create the database, migrate
+	@PYTHON=$(PY) bash deploy/local/infra.sh
+
+run: infra ## start all services, apply config, run the demo, serve until Ctrl-C
+	$(PY) deploy/local/run.py $(RUN_ARGS)
+
+run-demo: infra ## like run, but exit after the demo (for scripts)
+	$(PY) deploy/local/run.py --exit-after-demo $(RUN_ARGS)
+
+test: infra ## run the test suite (PYTEST_ARGS=... to pass options)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: setup ## ruff lint + format check
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+bench: setup ## run the benchmark
+	$(PY) bench/run.py
+
+bench-compare: setup ## run the benchmark against LiteLLM for comparison
+	$(PY) bench/run.py --compare-litellm
+
+clean: ## remove caches and build artefacts (keeps .venv)
+	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -print0 | xargs -0 rm -rf
+	rm -rf .pytest_cache .ruff_cache build dist *.egg-info

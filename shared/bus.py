@@ -1,0 +1,259 @@
+"""NATS for every service: request/reply with trace context and typed errors, queue-group
+handlers that never crash on bad input, and durable JetStream events.
+
+A handler receives a validated pydantic model and returns one; the bus decodes, checks the
+size, opens a span continuing the caller's trace, runs the handler in its own task (so one
+slow call never blocks the subscription), and turns any exception into an error reply with
+a machine code. `drain()` stops taking work and waits for what is in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+from pydantic import BaseModel
+
+from shared import codec, errors, names
+from shared.telemetry import metrics, tracing
+
+log = logging.getLogger("switchboard.bus")
+M = TypeVar("M", bound=BaseModel)
+R = TypeVar("R", bound=BaseModel)
+
+EVENTS_MAX_AGE_S = 7 * 24 * 3600  # the stream is a buffer; PostgreSQL keeps the 90 days
+PUBLISH_RETRY_S = 30.0
+
+
+class Bus:
+    """One NATS connection per process, with JetStream, owned by the service's exit stack."""
+
+    def __init__(self, nc: NATS, *, env: str, service: str, max_payload: int, max_inflight: int):
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.env = env
+        self.service = service
+        self.max_payload = max_payload
+        self._inflight: set[asyncio.Task] = set()
+        self._slots = asyncio.Semaphore(max_inflight)
+        self._subs: list = []
+        self._tracer = tracing.tracer(f"switchboard.{service}")
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        env: str,
+        service: str,
+        max_payload: int = 1_048_576,
+        max_inflight: int = 512,
+        connect_timeout: float = 2.0,
+    ) -> Bus:
+        async def on_error(exc: Exception) -> None:
+            log.warning("nats error", extra={"error": repr(exc)})
+
+        async def on_disconnect() -> None:
+            if not (nc.is_closed or nc.is_draining):
+                log.warning("nats disconnected")
+
+        async def on_reconnect() -> None:
+            log.info("nats reconnected")
+
+        nc = await nats.connect(
+            url,
+            name=f"switchboard-{service}-{env}",
+            connect_timeout=connect_timeout,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            error_cb=on_error,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
+        )
+        return cls(nc, env=env, service=service, max_payload=max_payload, max_inflight=max_inflight)
+
+    @property
+    def connected(self) -> bool:
+        return self.nc.is_connected
+
+    # --- request/reply ----------------------------------------------------------------
+
+    async def request(
+        self,
+        subject: str,
+        body: BaseModel,
+        reply_model: type[R],
+        *,
+        timeout: float,
+        unavailable: type[errors.Unavailable] = errors.Unavailable,
+    ) -> R:
+        """Ask a queue group and decode its answer; no responder or no answer is `unavailable`."""
+        headers = tracing.inject({})
+        try:
+            msg = await self.nc.request(subject, codec.encode(body), timeout=timeout, headers=headers)
+        except NoRespondersError as exc:
+            raise unavailable(f"nothing is serving {subject}") from exc
+        except NatsTimeout as exc:
+            raise unavailable(f"no answer on {subject} within {timeout:g}s") from exc
+        return codec.decode(msg.data, reply_model)
+
+    async def serve(
+        self,
+        subject: str,
+        queue: str,
+        request_model: type[M],
+        handler: Callable[[M, Msg], Awaitable[BaseModel | None]],
+        on_error: Callable[[errors.SwitchboardError, bytes], BaseModel],
+    ) -> None:
+        """Answer `subject` in `queue` with `handler`; `on_error` shapes error replies."""
+
+        async def run(msg: Msg) -> None:
+            try:
+                await self._handle(msg, request_model, handler, on_error)
+            finally:
+                self._slots.release()
+
+        async def dispatch(msg: Msg) -> None:
+            await self._slots.acquire()  # backpressure: the subscription buffers meanwhile
+            task = asyncio.create_task(run(msg))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+
+        self._subs.append(await self.nc.subscribe(subject, queue=queue, cb=dispatch))
+
+    async def _handle(self, msg, request_model, handler, on_error) -> None:
+        ctx = tracing.extract(msg.headers)
+        with self._tracer.start_as_current_span(
+            f"{self.service} {msg.subject.split('.', 2)[-1]}", context=ctx, kind=SpanKind.SERVER
+        ) as span:
+            try:
+                if len(msg.data) > self.max_payload:
+                    raise errors.PayloadTooLarge(
+                        f"payload of {len(msg.data)} bytes is over the limit of {self.max_payload}"
+                    )
+                try:
+                    request = codec.decode(msg.data, request_model)
+                except codec.DecodeError as exc:
+                    raise errors.InvalidRequest(str(exc), details=exc.details) from exc
+                reply = await handler(request, msg)
+            except errors.SwitchboardError as exc:
+                if isinstance(exc, errors.InvalidRequest):
+                    metrics.BAD_REQUESTS.labels(self.service, exc.code).inc()
+                span.set_attribute("switchboard.error_code", exc.code)
+                reply = on_error(exc, msg.data)
+            except Exception as exc:
+                metrics.HANDLER_ERRORS.labels(self.service).inc()
+                span.record_exception(exc)
+                span.set_status(trace.Status(trace.StatusCode.ERROR))
+                log.exception("handler failed", extra={"subject": msg.subject})
+                reply = on_error(errors.SwitchboardError(f"internal error: {type(exc).__name__}"), msg.data)
+            if reply is not None:
+                await self.reply(msg, reply)
+
+    async def reply(self, msg: Msg, body: BaseModel) -> None:
+        await self.reply_raw(msg, codec.encode(body))
+
+    async def reply_raw(self, msg: Msg, data: bytes) -> None:
+        if not msg.reply:
+            return
+        try:
+            await msg.respond(data)
+        except Exception:  # the asker may be gone; the work is done either way
+            log.warning("reply failed", extra={"subject": msg.subject}, exc_info=True)
+
+    async def publish(self, subject: str, body: BaseModel | dict) -> None:
+        """Fire-and-forget core publish, with trace context."""
+        await self.nc.publish(subject, codec.encode(body), headers=tracing.inject({}))
+
+    # --- events -----------------------------------------------------------------------
+
+    def event(self, kind: str, **fields) -> dict:
+        """A new event envelope of this service, in the current trace."""
+        return {
+            "event_id": uuid.uuid4().hex,
+            "kind": kind,
+            "ts": time.time(),
+            "env": self.env,
+            "service": self.service,
+            "trace_id": fields.pop("trace_id", None) or tracing.trace_id_hex(),
+            **fields,
+        }
+
+    async def emit(self, kind: str, **fields) -> None:
+        """Publish an event durably (JetStream ack, de-duplicated by event id), retrying a while."""
+        event = self.event(kind, **fields)
+        data = codec.dumps(event)
+        headers = tracing.inject({"Nats-Msg-Id": event["event_id"]})
+        deadline = time.monotonic() + PUBLISH_RETRY_S
+        delay = 0.1
+        while True:
+            try:
+                await self.js.publish(names.event(self.env, kind), data, headers=headers, timeout=2.0)
+                metrics.EVENTS_PUBLISHED.labels(kind).inc()
+                return
+            except Exception as exc:
+                if time.monotonic() + delay > deadline:
+                    metrics.EVENT_PUBLISH_FAILURES.labels(kind).inc()
+                    log.error(
+                        "event lost", extra={"kind": kind, "event_id": event["event_id"], "error": repr(exc)}
+                    )
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def emit_later(self, kind: str, **fields) -> None:
+        """Emit in the background; `drain()` waits for it."""
+        self.spawn(self.emit(kind, **fields))
+
+    def spawn(self, coro: Awaitable) -> None:
+        task = asyncio.ensure_future(coro)
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def ensure_events_stream(self) -> None:
+        """Create the environment's event stream if it does not exist (idempotent)."""
+        config = StreamConfig(
+            name=names.events_stream(self.env),
+            subjects=[names.events_wildcard(self.env)],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=EVENTS_MAX_AGE_S,
+            duplicate_window=120,
+        )
+        try:
+            await self.js.add_stream(config)
+        except BadRequestError as exc:  # exists with another config: keep it, say so
+            log.warning("events stream exists with other settings", extra={"error": str(exc)})
+
+    # --- shutdown ---------------------------------------------------------------------
+
+    async def drain(self, timeout: float) -> None:
+        """Stop taking work, finish what is in flight (replies, events), then close."""
+        deadline = time.monotonic() + timeout
+        for sub in self._subs:
+            try:
+                await sub.drain()  # hands buffered messages to the handler, then unsubscribes
+            except Exception:
+                log.warning("subscription drain failed", exc_info=True)
+        self._subs.clear()
+        while self._inflight and (left := deadline - time.monotonic()) > 0:
+            await asyncio.wait(set(self._inflight), timeout=left)
+        if not self.nc.is_closed:
+            try:
+                await self.nc.drain()
+            except Exception:
+                await self.nc.close()

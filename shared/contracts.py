@@ -1,0 +1,209 @@
+"""Wire messages: every JSON body that crosses NATS, as a pydantic model. No logic here.
+
+Requests from outside (agents, operators) forbid unknown fields so that a typo is an error,
+not a silently ignored option. Replies and events allow extra fields so that a newer service
+can extend them without breaking an older reader.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+MetadataValue = str | int | float | bool
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Status(StrEnum):
+    SUCCESS = "success"  # the first tier answered
+    FALLBACK = "fallback"  # a later tier answered after an earlier one failed or was skipped
+    ERROR = "error"  # no tier answered, or the request was refused as invalid
+    BUDGET_EXCEEDED = "budget_exceeded"  # refused before the call: a token or spend limit
+    REJECTED = "rejected"  # a reviewer (or a review timeout) said no
+    PENDING_REVIEW = "pending_review"  # held for human review; the result follows on sb.<env>.result.<id>
+
+
+class Message(Strict):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = Field(max_length=1_000_000)
+    name: str | None = None
+
+
+class InvokeRequest(Strict):
+    invocation_id: Identifier
+    workflow: Identifier
+    session_id: Identifier | None = None
+    agent: str | None = Field(default=None, max_length=128)
+    messages: list[Message] = Field(min_length=1, max_length=1000)
+    max_tokens: int | None = Field(default=None, gt=0, le=1_000_000)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    stop: list[str] | None = Field(default=None, max_length=8)
+    metadata: dict[str, MetadataValue] = Field(default_factory=dict, max_length=64)
+
+
+class Usage(Open):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class ErrorInfo(Open):
+    code: str
+    message: str
+    retryable: bool = False
+    details: list[dict] | None = None
+
+
+class AttemptOutcome(StrEnum):
+    OK = "ok"  # the tier answered
+    RATE_LIMITED = "rate_limited"  # provider 429
+    SERVER_ERROR = "server_error"  # provider 5xx
+    TIMEOUT = "timeout"  # no answer within the tier's timeout
+    CONNECTION_ERROR = "connection_error"  # could not reach the provider
+    MALFORMED = "malformed"  # the provider's answer could not be read
+    CLIENT_ERROR = "client_error"  # provider 4xx other than 429/408: not retried on another tier
+    SKIPPED = "skipped"  # not tried: blocked, cooling down, circuit open or out of quota
+
+
+class Attempt(Open):
+    tier: int
+    provider: str
+    model: str
+    outcome: AttemptOutcome
+    latency_ms: float = 0.0
+    status_code: int | None = None
+    reason: str | None = None
+
+
+class InvokeResult(Open):
+    invocation_id: str
+    status: Status
+    workflow: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    output: str | None = None
+    finish_reason: str | None = None
+    usage: Usage = Field(default_factory=Usage)
+    latency_ms: float = 0.0
+    attempts: list[Attempt] = Field(default_factory=list)
+    error: ErrorInfo | None = None
+    trace_id: str | None = None
+    config_version: str | None = None
+    review_id: str | None = None
+
+
+# --- gateway <-> router ---------------------------------------------------------------
+
+
+class PlanRequest(Strict):
+    invocation_id: str
+    workflow: str
+    metadata: dict[str, MetadataValue] = Field(default_factory=dict)
+
+
+class PlannedTier(Open):
+    tier: int
+    provider: str
+    model: str
+    timeout_ms: int
+    slo_p99_ms: int | None = None
+
+
+class SkippedTier(Open):
+    tier: int
+    provider: str
+    model: str
+    reason: str
+
+
+class Plan(Open):
+    workflow: str
+    config_version: str
+    tiers: list[PlannedTier]
+    skipped: list[SkippedTier] = Field(default_factory=list)
+    error: ErrorInfo | None = None
+
+
+# --- gateway <-> budget ---------------------------------------------------------------
+
+
+class ReserveRequest(Strict):
+    invocation_id: str
+    workflow: str
+    session_id: str | None = None
+    estimated_prompt_tokens: int = Field(ge=0)
+    max_tokens: int | None = Field(default=None, gt=0)
+    model: str | None = None
+
+
+class BudgetScope(StrEnum):
+    INVOCATION = "invocation"  # the workflow's per-invocation token ceiling
+    SESSION = "session"  # the session's rolling token budget
+    SPEND = "spend"  # the workflow's daily spend ceiling in USD
+
+
+class Breach(Open):
+    scope: BudgetScope
+    estimated_tokens: int
+    ceiling: float
+    remaining: float
+    message: str
+
+
+class Reservation(Open):
+    allowed: bool
+    max_tokens: int | None = None
+    reserved_tokens: int = 0
+    breach: Breach | None = None
+    error: ErrorInfo | None = None
+    config_version: str | None = None
+
+
+class SettleRequest(Strict):
+    invocation_id: str
+    workflow: str
+    session_id: str | None = None
+    reserved_tokens: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    model: str | None = None
+
+
+# --- recorder -------------------------------------------------------------------------
+
+
+class TraceRequest(Strict):
+    invocation_id: str
+
+
+class TraceReply(Open):
+    invocation_id: str
+    found: bool
+    invocation: dict | None = None
+    events: list[dict] = Field(default_factory=list)
+    error: ErrorInfo | None = None
+
+
+# --- events (JetStream sb.<env>.events.<kind>) -----------------------------------------
+
+
+class Event(Open):
+    """Common envelope: every event has these; kinds add their own fields."""
+
+    event_id: str
+    kind: str
+    ts: float
+    env: str
+    service: str
+    invocation_id: str | None = None
+    trace_id: str | None = None

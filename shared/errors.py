@@ -1,0 +1,115 @@
+"""The small error tree of Switchboard, and the two functions that carry it over the wire.
+
+Every error has a machine-readable `code` and says whether retrying may help. Services raise
+these; the NATS reply helper and the HTTP handlers turn them into `ErrorInfo` with `to_wire`,
+and the SDK turns a wire error back into an exception with `from_wire`.
+"""
+
+from __future__ import annotations
+
+from shared.contracts import ErrorInfo
+
+
+class SwitchboardError(Exception):
+    code = "internal"
+    retryable = False
+
+    def __init__(self, message: str, *, details: list[dict] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class InvalidRequest(SwitchboardError):
+    code = "invalid_request"
+
+
+class PayloadTooLarge(InvalidRequest):
+    code = "payload_too_large"
+
+
+class UnknownWorkflow(SwitchboardError):
+    code = "unknown_workflow"
+
+
+class DuplicateInFlight(SwitchboardError):
+    """The invocation id is already being served; its result will be the first one's."""
+
+    code = "duplicate_in_flight"
+    retryable = True
+
+
+class Unavailable(SwitchboardError):
+    """A dependency (a control service, Redis, PostgreSQL) did not answer."""
+
+    code = "unavailable"
+    retryable = True
+
+
+class ControlPlaneUnavailable(Unavailable):
+    code = "control_plane_unavailable"
+
+
+class BudgetUnavailable(Unavailable):
+    code = "budget_unavailable"
+
+
+class RouterUnavailable(Unavailable):
+    code = "router_unavailable"
+
+
+class NoRoute(SwitchboardError):
+    """Every tier of the workflow is blocked or out of headroom."""
+
+    code = "no_route"
+    retryable = True
+
+
+class ProviderError(SwitchboardError):
+    code = "provider_error"
+
+
+class AllTiersFailed(SwitchboardError):
+    code = "all_tiers_failed"
+    retryable = True
+
+
+class NotFound(SwitchboardError):
+    code = "not_found"
+
+
+class PolicyError(SwitchboardError):
+    code = "invalid_policy"
+
+
+class Timeout(SwitchboardError):
+    code = "timeout"
+    retryable = True
+
+
+_BY_CODE: dict[str, type[SwitchboardError]] = {}
+
+
+def _register(cls: type[SwitchboardError]) -> None:
+    _BY_CODE.setdefault(cls.code, cls)
+    for sub in cls.__subclasses__():
+        _register(sub)
+
+
+_register(SwitchboardError)
+
+
+def to_wire(exc: BaseException) -> ErrorInfo:
+    """Any exception as the wire's error object; unknown ones become `internal`."""
+    if isinstance(exc, SwitchboardError):
+        return ErrorInfo(code=exc.code, message=exc.message, retryable=exc.retryable, details=exc.details)
+    return ErrorInfo(code="internal", message=f"{type(exc).__name__}: {exc}", retryable=False)
+
+
+def from_wire(error: ErrorInfo) -> SwitchboardError:
+    """The wire's error object as the matching exception class (base class when unknown)."""
+    cls = _BY_CODE.get(error.code, SwitchboardError)
+    exc = cls(error.message, details=error.details)
+    exc.code = error.code
+    exc.retryable = error.retryable
+    return exc

@@ -1,0 +1,208 @@
+"""Live policy: numbered versions in a NATS KV bucket, watched by every service.
+
+`sbctl config apply` writes a version with compare-and-set (so two operators applying at
+once get consecutive numbers, never the same one). Every service holds the active version
+in one reference that it swaps atomically; a version that fails to load is reported and the
+last good one stays in force (as an Envoy data plane NACKs a bad xDS update). A service that
+starts before any version exists runs on its local files and reports `files:<checksum>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import orjson
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from pydantic import BaseModel, ConfigDict
+
+from shared import names
+from shared.policy import Policy, PolicyLoadError, load_dir_or_raise
+from shared.telemetry import metrics
+
+log = logging.getLogger("switchboard.config")
+KV_HISTORY = 64
+
+
+class VersionDoc(BaseModel):
+    """What one KV revision holds: the policy and who applied it when."""
+
+    model_config = ConfigDict(extra="allow")
+    version: int
+    applied_at: float
+    applied_by: str = "unknown"
+    checksum: str
+    source: str = ""
+    policy: dict
+
+
+@dataclass(frozen=True)
+class ActivePolicy:
+    policy: Policy
+    version: str  # "7", or "files:<checksum>" before any version exists
+    number: int  # 7, or 0 when running on files
+    applied_at: float | None = None
+
+
+class ConfigStore:
+    """The KV bucket of an environment's policy versions."""
+
+    def __init__(self, js, env: str) -> None:
+        self.js = js
+        self.env = env
+        self._kv = None
+
+    async def bucket(self):
+        if self._kv is None:
+            try:
+                self._kv = await self.js.key_value(names.config_bucket(self.env))
+            except BucketNotFoundError:
+                self._kv = await self.js.create_key_value(
+                    bucket=names.config_bucket(self.env), history=KV_HISTORY
+                )
+        return self._kv
+
+    async def current(self) -> VersionDoc | None:
+        kv = await self.bucket()
+        try:
+            entry = await kv.get(names.CONFIG_KEY)
+        except (NotFoundError, KeyError):
+            return None
+        if entry.value is None:
+            return None
+        return VersionDoc.model_validate_json(entry.value)
+
+    async def apply(self, policy: Policy, *, applied_by: str, source: str = "") -> VersionDoc:
+        """Write `policy` as the next version (compare-and-set, retried on a race)."""
+        kv = await self.bucket()
+        for _ in range(20):
+            try:
+                entry = await kv.get(names.CONFIG_KEY)
+                last_rev = entry.revision
+                last_version = VersionDoc.model_validate_json(entry.value).version if entry.value else 0
+            except (NotFoundError, KeyError):
+                last_rev, last_version = None, 0
+            doc = VersionDoc(
+                version=last_version + 1,
+                applied_at=time.time(),
+                applied_by=applied_by,
+                checksum=policy.checksum(),
+                source=source,
+                policy=policy.model_dump(mode="json"),
+            )
+            data = doc.model_dump_json().encode()
+            try:
+                if last_rev is None:
+                    await kv.create(names.CONFIG_KEY, data)
+                else:
+                    await kv.update(names.CONFIG_KEY, data, last=last_rev)
+                return doc
+            except KeyWrongLastSequenceError:
+                continue
+        raise RuntimeError("could not apply: the policy kept changing underneath")
+
+
+class LiveConfig:
+    """The active policy of one service, kept current from the KV bucket."""
+
+    def __init__(self, js, *, env: str, config_dir: str, service: str) -> None:
+        self.store = ConfigStore(js, env)
+        self.config_dir = config_dir
+        self.service = service
+        self._active: ActivePolicy | None = None
+        self._watcher = None
+        self._task: asyncio.Task | None = None
+        self._listeners: list[Callable[[ActivePolicy], None]] = []
+        self.last_error: str | None = None
+
+    @property
+    def active(self) -> ActivePolicy:
+        if self._active is None:
+            raise RuntimeError("no policy loaded")
+        return self._active
+
+    @property
+    def loaded(self) -> bool:
+        return self._active is not None
+
+    def on_change(self, listener: Callable[[ActivePolicy], None]) -> None:
+        self._listeners.append(listener)
+
+    async def start(self) -> None:
+        """Load local files, then the newest version if one exists, then watch for more."""
+        try:
+            policy = load_dir_or_raise(self.config_dir)
+            self._swap(ActivePolicy(policy, f"files:{policy.checksum()[:12]}", 0))
+            log.info(
+                "running on local policy files until a version is applied",
+                extra={"config_dir": self.config_dir, "config_version": self._active.version},
+            )
+        except PolicyLoadError as exc:
+            self.last_error = str(exc)
+            log.warning(
+                "local policy files did not load", extra={"config_dir": self.config_dir, "error": str(exc)}
+            )
+        kv = await self.store.bucket()
+        self._watcher = await kv.watch(names.CONFIG_KEY)
+        while True:  # the current value (if any), then a None marker
+            try:
+                entry = await self._watcher.updates(timeout=5.0)
+            except NatsTimeout:
+                break
+            if entry is None:
+                break
+            self._accept(entry.value)
+        self._task = asyncio.create_task(self._follow())
+
+    async def _follow(self) -> None:
+        async for entry in self._watcher:
+            if entry is not None:
+                self._accept(entry.value)
+
+    def _accept(self, value: bytes | None) -> None:
+        if not value:
+            return
+        try:
+            doc = VersionDoc.model_validate_json(value)
+            policy = Policy.model_validate(doc.policy)
+        except Exception as exc:
+            metrics.CONFIG_REJECTED.labels(self.service).inc()
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.error(
+                "policy version rejected; keeping the last good one",
+                extra={
+                    "error": self.last_error,
+                    "config_version": self._active.version if self._active else None,
+                },
+            )
+            return
+        if self._active is not None and self._active.number >= doc.version:
+            return
+        self.last_error = None
+        self._swap(ActivePolicy(policy, str(doc.version), doc.version, doc.applied_at))
+        log.info(
+            "policy version active", extra={"config_version": str(doc.version), "applied_by": doc.applied_by}
+        )
+
+    def _swap(self, active: ActivePolicy) -> None:
+        self._active = active
+        metrics.CONFIG_VERSION.labels(self.service).set(active.number)
+        for listener in self._listeners:
+            listener(active)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+        if self._watcher is not None:
+            try:
+                await self._watcher.stop()
+            except Exception:
+                pass
+
+
+def policy_json(policy: Policy) -> bytes:
+    return orjson.dumps(policy.model_dump(mode="json"))

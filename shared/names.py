@@ -1,0 +1,80 @@
+"""Every NATS subject, JetStream stream, KV bucket and consumer name, built in one place.
+
+`SB_ENV` prefixes all of them so that staging and production (and every test) share a
+NATS server without seeing each other's traffic. Nobody formats a subject inline.
+"""
+
+from __future__ import annotations
+
+import re
+
+ENV_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+WORKFLOW_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+# Internal request/reply services (queue groups carry the service name).
+ROUTER_QUEUE = "router"
+BUDGET_QUEUE = "budget"
+GATEWAY_QUEUE = "gateway"
+RECORDER_QUEUE = "recorder"
+
+CONFIG_KEY = "policy"
+RECORDER_DURABLE = "recorder"
+
+
+def check_env(env: str) -> str:
+    """Refuse an environment name that cannot prefix subjects, streams and buckets."""
+    if not ENV_PATTERN.match(env):
+        raise ValueError(f"SB_ENV {env!r} must match {ENV_PATTERN.pattern}")
+    return env
+
+
+def invoke(env: str, workflow: str) -> str:
+    return f"sb.{env}.invoke.{workflow}"
+
+
+def invoke_wildcard(env: str) -> str:
+    return f"sb.{env}.invoke.*"
+
+
+def result(env: str, invocation_id: str) -> str:
+    return f"sb.{env}.result.{invocation_id}"
+
+
+def event(env: str, kind: str) -> str:
+    return f"sb.{env}.events.{kind}"
+
+
+def events_wildcard(env: str) -> str:
+    return f"sb.{env}.events.>"
+
+
+def router_plan(env: str) -> str:
+    return f"sb.{env}.router.plan"
+
+
+def router_outcome(env: str) -> str:
+    return f"sb.{env}.router.outcome"
+
+
+def budget_reserve(env: str) -> str:
+    return f"sb.{env}.budget.reserve"
+
+
+def budget_settle(env: str) -> str:
+    return f"sb.{env}.budget.settle"
+
+
+def budget_show(env: str) -> str:
+    return f"sb.{env}.budget.show"
+
+
+def recorder_trace(env: str) -> str:
+    return f"sb.{env}.recorder.trace"
+
+
+def events_stream(env: str) -> str:
+    return f"sb_{env}_events".replace("-", "_")
+
+
+def config_bucket(env: str) -> str:
+    return f"sb_{env}_config".replace("-", "_")

@@ -1,0 +1,1 @@
+"""sbctl: the one operator CLI. Every command takes `--env` and `--json`."""

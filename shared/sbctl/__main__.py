@@ -1,0 +1,3 @@
+from shared.sbctl.cli import main
+
+main()

@@ -1,0 +1,83 @@
+"""Every Prometheus metric of Switchboard, declared once so names and labels cannot drift.
+
+Each service exposes the registry on its own `/metrics`; a metric that a service never
+touches simply has no samples there.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+INVOCATIONS = Counter(
+    "switchboard_invocations_total",
+    "Invocations answered by the gateway.",
+    ["workflow", "status", "provider", "model"],
+)
+INVOCATION_LATENCY = Histogram(
+    "switchboard_invocation_latency_seconds",
+    "End-to-end invocation latency inside the gateway.",
+    ["workflow", "status"],
+    buckets=LATENCY_BUCKETS,
+)
+TOKENS = Counter(
+    "switchboard_tokens_total",
+    "Tokens used, by kind (prompt or completion).",
+    ["workflow", "provider", "model", "kind"],
+)
+PROVIDER_ATTEMPTS = Counter(
+    "switchboard_provider_attempts_total",
+    "Calls to providers, one per tier tried, by outcome.",
+    ["provider", "model", "outcome"],
+)
+PROVIDER_LATENCY = Histogram(
+    "switchboard_provider_latency_seconds",
+    "Latency of provider calls.",
+    ["provider", "model"],
+    buckets=LATENCY_BUCKETS,
+)
+FALLBACKS = Counter(
+    "switchboard_fallback_activations_total",
+    "Fallback activations: a tier failed or was skipped and the next one was tried.",
+    ["workflow", "from_tier", "to_tier", "reason"],
+)
+BUDGET_BREACHES = Counter(
+    "switchboard_budget_breaches_total",
+    "Invocations refused before the call by a token or spend limit.",
+    ["workflow", "scope"],
+)
+RATE_LIMIT_EVENTS = Counter(
+    "switchboard_rate_limit_events_total",
+    "Rate-limit events: provider 429s and local quota skips.",
+    ["provider", "model", "source"],
+)
+QUOTA_HEADROOM = Gauge(
+    "switchboard_quota_headroom",
+    "Remaining quota in the current minute, by provider/model and kind (requests or tokens).",
+    ["provider", "model", "kind"],
+)
+HITL_QUEUE_DEPTH = Gauge("switchboard_hitl_queue_depth", "Pending reviews.", ["queue"])
+HITL_OLDEST_PENDING = Gauge(
+    "switchboard_hitl_oldest_pending_seconds", "Age of the oldest pending review.", ["queue"]
+)
+HITL_DECISIONS = Counter("switchboard_hitl_decisions_total", "Review decisions.", ["queue", "decision", "by"])
+CONFIG_VERSION = Gauge(
+    "switchboard_config_version",
+    "Active policy version (0 while running on local files before any version exists).",
+    ["service"],
+)
+CONFIG_REJECTED = Counter(
+    "switchboard_config_rejected_total", "Policy versions that failed to load.", ["service"]
+)
+BAD_REQUESTS = Counter(
+    "switchboard_bad_requests_total", "Messages refused as invalid, by code.", ["service", "code"]
+)
+HANDLER_ERRORS = Counter(
+    "switchboard_handler_errors_total", "Unexpected errors in message handlers.", ["service"]
+)
+EVENTS_PUBLISHED = Counter("switchboard_events_published_total", "Events published to JetStream.", ["kind"])
+EVENT_PUBLISH_FAILURES = Counter(
+    "switchboard_event_publish_failures_total", "Events that could not be published.", ["kind"]
+)
+EVENTS_RECORDED = Counter("switchboard_events_recorded_total", "Events written to the audit log.", ["kind"])

@@ -1,0 +1,3 @@
+from services.budget.service import BudgetService
+
+BudgetService.main()

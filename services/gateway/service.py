@@ -1,0 +1,91 @@
+"""gateway: the data plane. Takes invocation requests, asks router and budget (at once),
+calls providers down the fallback chain, replies, settles, and records what happened."""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import AsyncExitStack
+
+import orjson
+from nats.aio.msg import Msg
+
+from services.gateway.idempotency import Idempotency
+from services.gateway.invocation import Invocation
+from shared import codec, errors, names
+from shared.contracts import InvokeRequest, InvokeResult, Status
+from shared.providers import ProviderPool
+from shared.service import Service
+from shared.settings import Settings
+
+log = logging.getLogger("switchboard.gateway")
+
+
+class GatewaySettings(Settings):
+    http_port: int = 9101
+    control_timeout_s: float = 1.0  # how long router and budget may take to answer
+
+
+class GatewayService(Service):
+    name = "gateway"
+    settings_class = GatewaySettings
+    uses_redis = True
+    settings: GatewaySettings
+
+    async def setup(self, stack: AsyncExitStack) -> None:
+        self.providers = ProviderPool()
+        stack.push_async_callback(self.providers.aclose)
+        if self.config.loaded:
+            self.providers.update(self.config.active.policy)
+        self.config.on_change(lambda active: self.providers.update(active.policy))
+        self.idempotency = Idempotency(self.redis, self.settings.env)
+        await self.bus.serve(
+            names.invoke_wildcard(self.settings.env),
+            names.GATEWAY_QUEUE,
+            InvokeRequest,
+            self.invoke,
+            self._error_reply,
+        )
+
+    async def invoke(self, req: InvokeRequest, msg: Msg) -> None:
+        started = time.perf_counter()
+        if req.workflow != msg.subject.rsplit(".", 1)[-1]:
+            raise errors.InvalidRequest(
+                f"workflow {req.workflow!r} does not match the subject {msg.subject!r}"
+            )
+        active = self.config.active
+        workflow = active.policy.workflows.get(req.workflow)
+        if workflow is None:
+            raise errors.UnknownWorkflow(f"no workflow named {req.workflow!r} in policy {active.version}")
+        in_flight_ttl = sum(t.timeout_ms for t in workflow.tiers) / 1000 + 30
+        stored = await self.idempotency.begin(req.invocation_id, in_flight_ttl)
+        if stored is not None:
+            await self.bus.reply_raw(msg, stored)
+            return
+        try:
+            run = Invocation(self, req, active, workflow, started)
+            result = await run.execute()
+        except BaseException:
+            await self.idempotency.forget(req.invocation_id)
+            raise
+        data = codec.encode(result)
+        await self.bus.reply_raw(msg, data)
+        self.bus.spawn(self.idempotency.finish(req.invocation_id, data))
+        run.record(result)
+
+    def _error_reply(self, exc: errors.SwitchboardError, raw: bytes) -> InvokeResult:
+        return InvokeResult(
+            invocation_id=_invocation_id(raw),
+            status=Status.ERROR,
+            error=errors.to_wire(exc),
+            config_version=self.config_version,
+        )
+
+
+def _invocation_id(raw: bytes) -> str:
+    """Best effort: echo the caller's id even when the rest of the request was invalid."""
+    try:
+        value = orjson.loads(raw).get("invocation_id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return ""
+    return value if isinstance(value, str) else ""

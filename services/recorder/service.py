@@ -1,0 +1,137 @@
+"""recorder: the one writer of the audit log. Consumes the event stream into PostgreSQL in
+batches, idempotently (a redelivered event is a no-op), acknowledging only what is committed;
+serves trace reconstruction; prunes past the retention period."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import AsyncExitStack
+
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from services.recorder import store
+from shared import codec, errors, names
+from shared.contracts import TraceReply, TraceRequest
+from shared.service import Service
+from shared.settings import Settings
+from shared.telemetry import metrics
+
+log = logging.getLogger("switchboard.recorder")
+
+
+class RecorderSettings(Settings):
+    http_port: int = 9104
+    batch_size: int = 500
+    retention_days: int = 90
+    prune_interval_s: float = 3600.0
+
+
+class RecorderService(Service):
+    name = "recorder"
+    settings_class = RecorderSettings
+    uses_database = True
+    uses_config = False
+    settings: RecorderSettings
+
+    async def setup(self, stack: AsyncExitStack) -> None:
+        env = self.settings.env
+        await self.bus.ensure_events_stream()
+        self._sub = await self.bus.js.pull_subscribe(
+            names.events_wildcard(env),
+            durable=names.RECORDER_DURABLE,
+            stream=names.events_stream(env),
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=30,
+                max_ack_pending=20_000,
+            ),
+        )
+        self._stopping = asyncio.Event()
+        self.recorded = 0
+        tasks = [asyncio.create_task(self._consume()), asyncio.create_task(self._prune_forever())]
+        stack.push_async_callback(self._stop, tasks)
+        await self.bus.serve(
+            names.recorder_trace(env), names.RECORDER_QUEUE, TraceRequest, self.trace, self._error_reply
+        )
+
+    async def _stop(self, tasks: list[asyncio.Task]) -> None:
+        self._stopping.set()
+        _, pending = await asyncio.wait(tasks, timeout=self.settings.drain_timeout_s)
+        for task in pending:
+            task.cancel()
+
+    async def _consume(self) -> None:
+        backoff = 0.2
+        while not self._stopping.is_set():
+            try:
+                msgs = await self._sub.fetch(self.settings.batch_size, timeout=1.0)
+            except NatsTimeout:
+                continue
+            except Exception as exc:
+                log.warning("fetch failed", extra={"error": repr(exc)})
+                await asyncio.sleep(backoff)
+                continue
+            events, good = [], []
+            for msg in msgs:
+                try:
+                    event = codec.loads(msg.data)
+                    if not isinstance(event, dict) or not {"event_id", "kind", "ts", "env"} <= event.keys():
+                        raise codec.DecodeError("missing envelope fields")
+                except codec.DecodeError as exc:
+                    log.error("unreadable event dropped", extra={"subject": msg.subject, "error": str(exc)})
+                    await msg.term()
+                    continue
+                events.append(event)
+                good.append(msg)
+            if not events:
+                continue
+            try:
+                await store.write_batch(self.db, events)
+            except Exception as exc:  # PostgreSQL down: leave unacked, JetStream redelivers
+                log.error("audit write failed; will retry", extra={"error": repr(exc), "batch": len(events)})
+                for msg in good:
+                    await msg.nak(delay=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.2
+            for msg in good:
+                await msg.ack()
+            self.recorded += len(events)
+            for e in events:
+                metrics.EVENTS_RECORDED.labels(e["kind"]).inc()
+
+    async def _prune_forever(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                deleted = await store.prune(self.db, self.settings.retention_days)
+                if deleted:
+                    log.info("pruned audit rows past retention", extra={"deleted": deleted})
+            except Exception as exc:
+                log.warning("prune failed", extra={"error": repr(exc)})
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.settings.prune_interval_s)
+            except TimeoutError:
+                pass
+
+    async def trace(self, req: TraceRequest, _: Msg) -> TraceReply:
+        try:
+            invocation, events = await store.read_trace(self.db, self.settings.env, req.invocation_id)
+        except Exception as exc:
+            raise errors.Unavailable(f"audit log unavailable: {type(exc).__name__}") from exc
+        return TraceReply(
+            invocation_id=req.invocation_id,
+            found=invocation is not None or bool(events),
+            invocation=invocation,
+            events=events,
+        )
+
+    def health_details(self) -> dict:
+        return {"recorded": getattr(self, "recorded", 0)}
+
+    def _error_reply(self, exc: errors.SwitchboardError, _: bytes) -> TraceReply:
+        return TraceReply(invocation_id="", found=False, error=errors.to_wire(exc))

@@ -83,6 +83,7 @@ class Bus:
             error_cb=on_error,
             disconnected_cb=on_disconnect,
             reconnected_cb=on_reconnect,
+            drain_timeout=5,
         )
         return cls(nc, env=env, service=service, max_payload=max_payload, max_inflight=max_inflight)
 
@@ -243,6 +244,11 @@ class Bus:
 
     async def drain(self, timeout: float) -> None:
         """Stop taking work, finish what is in flight (replies, events), then close."""
+        await self.stop_serving(timeout)
+        await self.close()
+
+    async def stop_serving(self, timeout: float) -> None:
+        """Unsubscribe every handler after it has taken what was buffered; await in-flight work."""
         deadline = time.monotonic() + timeout
         for sub in self._subs:
             try:
@@ -252,6 +258,8 @@ class Bus:
         self._subs.clear()
         while self._inflight and (left := deadline - time.monotonic()) > 0:
             await asyncio.wait(set(self._inflight), timeout=left)
+
+    async def close(self) -> None:
         if not self.nc.is_closed:
             try:
                 await self.nc.drain()

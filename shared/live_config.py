@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from pydantic import BaseModel, ConfigDict
 
@@ -146,16 +145,11 @@ class LiveConfig:
             log.warning(
                 "local policy files did not load", extra={"config_dir": self.config_dir, "error": str(exc)}
             )
+        current = await self.store.current()  # a watch on an empty key waits for a timeout
+        if current is not None:
+            self._accept(current.model_dump_json().encode())
         kv = await self.store.bucket()
-        self._watcher = await kv.watch(names.CONFIG_KEY)
-        while True:  # the current value (if any), then a None marker
-            try:
-                entry = await self._watcher.updates(timeout=5.0)
-            except NatsTimeout:
-                break
-            if entry is None:
-                break
-            self._accept(entry.value)
+        self._watcher = await kv.watch(names.CONFIG_KEY)  # replays the current value, then follows
         self._task = asyncio.create_task(self._follow())
 
     async def _follow(self) -> None:

@@ -75,7 +75,7 @@ class Service:
                 max_payload=s.max_payload_bytes,
                 max_inflight=s.max_inflight,
             )
-            stack.push_async_callback(self._close_bus)
+            stack.push_async_callback(self.bus.close)
             if self.uses_config:
                 self.config = LiveConfig(self.bus.js, env=s.env, config_dir=s.config_dir, service=self.name)
                 await self.config.start()
@@ -90,15 +90,14 @@ class Service:
         log.info("service started", extra={"http_port": self.ops.port, "config_version": self.config_version})
         return self
 
-    async def _close_bus(self) -> None:
-        assert self.bus is not None
-        await self.bus.drain(self.settings.drain_timeout_s)
-
     async def shutdown(self) -> None:
-        """Stop the ops server and subscriptions, finish in-flight work, close connections."""
+        """Stop taking work, finish what is in flight, then close everything in reverse order."""
         stack, self._stack = self._stack, None
-        if stack is not None:
-            await stack.aclose()
+        if stack is None:
+            return
+        if self.bus is not None:
+            await self.bus.stop_serving(self.settings.drain_timeout_s)
+        await stack.aclose()
 
     async def __aenter__(self) -> Service:
         return await self.start()

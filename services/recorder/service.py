@@ -63,6 +63,7 @@ class RecorderService(Service):
         _, pending = await asyncio.wait(tasks, timeout=self.settings.drain_timeout_s)
         for task in pending:
             task.cancel()
+        await self._sub.unsubscribe()
 
     async def _consume(self) -> None:
         backoff = 0.2

@@ -1,0 +1,48 @@
+"""Fixtures: real NATS, Redis and PostgreSQL; every test gets its own SB_ENV, policy copy,
+simulator and Redis key prefix, cleaned up afterwards."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support import infra as infra_support
+from tests.support.stack import Simulator, Stack, copy_policy, new_env
+
+SIM_KEYS = {"SB_OPENAI_SIM_API_KEY": "sk-test-openai", "SB_ANTHROPIC_SIM_API_KEY": "sk-test-anthropic"}
+
+
+@pytest.fixture(scope="session")
+def infra() -> infra_support.Infra:
+    found = infra_support.discover()
+    infra_support.migrate(found)
+    return found
+
+
+@pytest.fixture
+def env_name() -> str:
+    return new_env()
+
+
+@pytest.fixture
+async def simulator(monkeypatch):
+    sim = await Simulator().start()
+    monkeypatch.setenv("SB_SIMULATOR_URL", sim.url)
+    for key, value in SIM_KEYS.items():
+        monkeypatch.setenv(key, value)
+    yield sim
+    await sim.stop()
+
+
+@pytest.fixture
+async def stack(infra, env_name, simulator, tmp_path):
+    """An isolated environment with no services started yet: call `await stack.start(...)`."""
+    s = Stack(infra, env_name, copy_policy(tmp_path), simulator)
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def running(stack):
+    """Every service of an isolated environment, running in this event loop."""
+    await stack.start()
+    return stack

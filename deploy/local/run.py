@@ -1,0 +1,207 @@
+"""Run the whole system locally: every service as its own process, the example policy applied,
+a demo workload across two workflows (with a forced fallback and a budget refusal), a summary,
+then serve until Ctrl-C (or exit after the demo with --exit-after-demo) and stop every process.
+
+Usage: python deploy/local/run.py [--exit-after-demo] [--invocations N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter, defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from shared.sdk import Client  # noqa: E402
+from shared.simctl import SimulatorControl  # noqa: E402
+
+SERVICES = {  # name -> port env var, port
+    "simulator": ("SB_SIM_PORT", 9180),
+    "recorder": ("SB_HTTP_PORT", 9104),
+    "router": ("SB_HTTP_PORT", 9102),
+    "budget": ("SB_HTTP_PORT", 9103),
+    "gateway": ("SB_HTTP_PORT", 9101),
+}
+DEMO_KEYS = {"SB_OPENAI_SIM_API_KEY": "sk-demo-openai", "SB_ANTHROPIC_SIM_API_KEY": "sk-demo-anthropic"}
+PROMPTS = [
+    "Customer says the invoice total is wrong after the plan change.",
+    "Password reset email never arrives; user tried three times.",
+    "Summarise the attached incident report in three bullet points.",
+    "Draft a polite reply declining the refund request.",
+    "Classify: app crashes when uploading a 2 GB file.",
+]
+
+
+def log(msg: str) -> None:
+    print(f"[run] {msg}", flush=True)
+
+
+class Processes:
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, env: dict[str, str]) -> None:
+        port_var, port = SERVICES[name]
+        child_env = {**env, port_var: str(port)}
+        out = open(self.log_dir / f"{name}.log", "ab")  # the child owns it
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", f"services.{name}"],
+            cwd=REPO,
+            env=child_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, name: str, timeout: float = 30.0) -> None:
+        _, port = SERVICES[name]
+        path = "/healthz" if name == "simulator" else "/readyz"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            proc = self.procs[name]
+            if proc.poll() is not None:
+                logfile = self.log_dir / f"{name}.log"
+                raise SystemExit(f"{name} exited with {proc.returncode}; see {logfile}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise SystemExit(f"{name} not ready after {timeout}s; see {self.log_dir / (name + '.log')}")
+
+    def stop_all(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in reversed(list(self.procs.items())):
+            try:
+                code = proc.wait(timeout=25)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                code = proc.wait()
+            log(f"stopped {name} (exit {code})")
+
+
+def port_busy(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def demo(env: dict[str, str], count: int) -> list:
+    sim = SimulatorControl(f"http://127.0.0.1:{SERVICES['simulator'][1]}")
+    results = []
+    async with Client(env["SB_NATS_URL"], env=env["SB_ENV"], agent="demo-agent") as sb:
+        for i in range(count):
+            workflow = "support-triage" if i % 2 == 0 else "research-summary"
+            results.append(
+                await sb.invoke(
+                    workflow,
+                    PROMPTS[i % len(PROMPTS)],
+                    session_id=f"demo-{i % 3}",
+                    metadata={"demo": True, "n": i},
+                )
+            )
+        log("forcing a fallback: anthropic-sim answers the next call with HTTP 503")
+        await sim.add_fault("503", provider="anthropic-sim", count=1)
+        results.append(
+            await sb.invoke(
+                "research-summary", "Summarise the Q3 incident review.", session_id="demo-fallback"
+            )
+        )
+        log("asking for more tokens than support-triage's per-invocation ceiling allows")
+        results.append(
+            await sb.invoke(
+                "support-triage", "Write a very long essay.", max_tokens=50_000, session_id="demo-budget"
+            )
+        )
+    await sim.aclose()
+    return results
+
+
+def summary(results: list) -> str:
+    groups: dict[tuple[str, str], list] = defaultdict(list)
+    for r in results:
+        groups[(r.workflow, r.status.value)].append(r)
+    lines = [f"{'WORKFLOW':<18} {'STATUS':<16} {'COUNT':>5} {'P50 MS':>8}  SERVED BY"]
+    for (workflow, status), rs in sorted(groups.items()):
+        served = Counter(f"{r.provider}/{r.model}" for r in rs if r.provider)
+        served_by = ", ".join(f"{k} x{v}" for k, v in served.items()) or "-"
+        p50 = statistics.median(r.latency_ms for r in rs)
+        lines.append(f"{workflow:<18} {status:<16} {len(rs):>5} {p50:>8.1f}  {served_by}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--exit-after-demo", action="store_true", help="stop everything after the demo")
+    parser.add_argument("--invocations", type=int, default=12)
+    args = parser.parse_args()
+
+    env = {**os.environ}
+    env.setdefault("SB_ENV", "dev")
+    env.setdefault("SB_NATS_URL", "nats://127.0.0.1:4222")
+    for key, value in DEMO_KEYS.items():
+        env.setdefault(key, value)
+    busy = [f"{n} ({p})" for n, (_, p) in SERVICES.items() if port_busy(p)]
+    if busy:
+        raise SystemExit(f"ports already in use: {', '.join(busy)} - is another `make run` running?")
+
+    log_dir = REPO / ".run" / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    procs = Processes(log_dir)
+    stop = False
+
+    def on_signal(*_):
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        for name in SERVICES:
+            procs.start(name, env)
+        for name in SERVICES:
+            procs.wait_ready(name)
+        log(f"all services ready (env {env['SB_ENV']}); logs in {log_dir}")
+        sbctl = [sys.executable, "-m", "shared.sbctl"]
+        subprocess.run(
+            [*sbctl, "config", "apply", "config", "--env", env["SB_ENV"]], cwd=REPO, env=env, check=True
+        )
+        results = asyncio.run(demo(env, args.invocations))
+        print("\n" + summary(results) + "\n", flush=True)
+        example = next(r for r in results if r.status.value == "fallback")
+        trace_cmd = [*sbctl, "trace", example.invocation_id, "--env", env["SB_ENV"]]
+        log(f"the fallback as recorded in PostgreSQL: sbctl {' '.join(trace_cmd[3:])}")
+        deadline = time.monotonic() + 15
+        while True:
+            shown = subprocess.run(trace_cmd, cwd=REPO, env=env, capture_output=True, text=True)
+            if shown.returncode == 0 or time.monotonic() > deadline:
+                print(shown.stdout or shown.stderr, flush=True)
+                break
+            time.sleep(0.2)
+        if args.exit_after_demo:
+            return
+        log("serving: gateway metrics at http://127.0.0.1:9101/metrics; Ctrl-C to stop")
+        while not stop and all(p.poll() is None for p in procs.procs.values()):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        procs.stop_all()
+
+
+if __name__ == "__main__":
+    main()

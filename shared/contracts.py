@@ -109,6 +109,7 @@ class PlanRequest(Strict):
     invocation_id: str
     workflow: str
     metadata: dict[str, MetadataValue] = Field(default_factory=dict)
+    start_tier: int = Field(default=0, ge=0)  # ask again from here after a tier failed
 
 
 class PlannedTier(Open):
@@ -124,13 +125,80 @@ class SkippedTier(Open):
     provider: str
     model: str
     reason: str
+    source: str | None = None  # blocked | cooldown | circuit_open | local_quota
 
 
 class Plan(Open):
+    """Tiers to try now, in order (the router acquires one at a time: quotas are debited per
+    call); `next_tier` is where to ask again if they all fail, None when the chain is done."""
+
     workflow: str
     config_version: str
     tiers: list[PlannedTier]
     skipped: list[SkippedTier] = Field(default_factory=list)
+    next_tier: int | None = None
+    error: ErrorInfo | None = None
+
+
+class TierOutcome(Strict):
+    """What one provider call did, reported to the router for cooldowns, circuits and quotas."""
+
+    invocation_id: str
+    workflow: str
+    provider: str
+    model: str
+    outcome: AttemptOutcome
+    status_code: int | None = None
+    retry_after_s: float | None = None
+    tokens: int = 0
+
+
+class ProviderStatusRequest(Strict):
+    provider: str | None = None
+
+
+class ModelState(Open):
+    model: str
+    cooldown_ms: int = 0
+    requests_this_minute: int = 0
+    tokens_this_minute: int = 0
+    rpm: int | None = None
+    tpm: int | None = None
+    request_headroom: int | None = None
+    token_headroom: int | None = None
+
+
+class ProviderState(Open):
+    provider: str
+    kind: str
+    blocked: str | None = None
+    circuit_open_ms: int = 0
+    consecutive_failures: int = 0
+    requests_this_minute: int = 0
+    tokens_this_minute: int = 0
+    rpm: int | None = None
+    tpm: int | None = None
+    request_headroom: int | None = None
+    token_headroom: int | None = None
+    models: list[ModelState] = Field(default_factory=list)
+
+
+class ProviderStatusReply(Open):
+    config_version: str = ""
+    providers: list[ProviderState] = Field(default_factory=list)
+    error: ErrorInfo | None = None
+
+
+class BlockRequest(Strict):
+    provider: str
+    blocked: bool
+    reason: str = Field(default="blocked by operator", max_length=200)
+    by: str | None = None
+
+
+class BlockReply(Open):
+    provider: str
+    blocked: bool
     error: ErrorInfo | None = None
 
 
@@ -184,6 +252,18 @@ class SettleRequest(Strict):
 
 class TraceRequest(Strict):
     invocation_id: str
+
+
+class EventCountRequest(Strict):
+    kind: str
+    invocation_ids: list[str] = Field(max_length=10_000)
+
+
+class EventCountReply(Open):
+    kind: str
+    count: int = 0
+    invocations: int = 0  # how many of the ids have at least one such event
+    error: ErrorInfo | None = None
 
 
 class TraceReply(Open):

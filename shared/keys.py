@@ -29,3 +29,23 @@ def session_reservations(env: str, workflow: str, session_id: str) -> str:
 def provider_blocks(env: str) -> str:
     """router: hash of operator-blocked providers, name -> reason."""
     return f"sb:{env}:router:blocked"
+
+
+def cooldown(env: str, provider: str, model: str) -> str:
+    """router: present while provider/model cools down after a 429 (TTL = Retry-After)."""
+    return f"sb:{env}:router:cooldown:{provider}/{model}"
+
+
+def circuit_failures(env: str, provider: str) -> str:
+    """router: consecutive failed calls to a provider."""
+    return f"sb:{env}:router:circuit:{provider}:failures"
+
+
+def circuit_open(env: str, provider: str) -> str:
+    """router: present while the provider's circuit is open (TTL = open time)."""
+    return f"sb:{env}:router:circuit:{provider}:open"
+
+
+def quota(env: str, scope: str) -> str:
+    """router: this minute's request and token counts of a provider or provider/model."""
+    return f"sb:{env}:router:quota:{scope}"

@@ -56,6 +56,18 @@ def router_outcome(env: str) -> str:
     return f"sb.{env}.router.outcome"
 
 
+def router_status(env: str) -> str:
+    return f"sb.{env}.router.status"
+
+
+def router_block(env: str) -> str:
+    return f"sb.{env}.router.block"
+
+
+def recorder_count(env: str) -> str:
+    return f"sb.{env}.recorder.count"
+
+
 def budget_reserve(env: str) -> str:
     return f"sb.{env}.budget.reserve"
 

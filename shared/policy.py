@@ -59,6 +59,14 @@ class CircuitSpec(Spec):
     open_s: float = Field(default=30.0, gt=0, description="how long it stays open")
 
 
+class CooldownSpec(Spec):
+    """What a provider 429 does: route around that provider/model for a while."""
+
+    enabled: bool = True
+    default_s: float = Field(default=5.0, ge=0, description="when the 429 has no Retry-After")
+    max_s: float = Field(default=300.0, gt=0, description="cap on a Retry-After")
+
+
 class ProviderSpec(Spec):
     kind: ProviderKind
     base_url: str = Field(pattern=r"^https?://")
@@ -66,6 +74,7 @@ class ProviderSpec(Spec):
     models: dict[Name, ModelSpec] = Field(min_length=1)
     quota: Quota = Quota()
     circuit: CircuitSpec = CircuitSpec()
+    cooldown: CooldownSpec = CooldownSpec()
     max_connections: int = Field(default=256, gt=0)
 
 

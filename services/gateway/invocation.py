@@ -15,6 +15,7 @@ from shared import errors, names, tokens
 from shared.contracts import (
     Attempt,
     AttemptOutcome,
+    ErrorInfo,
     InvokeRequest,
     InvokeResult,
     Plan,
@@ -24,6 +25,7 @@ from shared.contracts import (
     ReserveRequest,
     SettleRequest,
     Status,
+    TierOutcome,
     Usage,
 )
 from shared.live_config import ActivePolicy
@@ -64,171 +66,117 @@ class Invocation:
     async def execute(self) -> InvokeResult:
         req = self.req
         self.estimate = tokens.estimate(req.messages)
-        plan, reservation = await asyncio.gather(self._plan(), self._reserve())
+        plan, reservation = await asyncio.gather(self._plan(0), self._reserve())
         self.reservation = reservation
         if not reservation.allowed:
-            breach = reservation.breach
-            return self._result(
-                Status.BUDGET_EXCEEDED,
-                error=errors.to_wire(
-                    errors.SwitchboardError(breach.message if breach else "budget exceeded")
-                ).model_copy(
-                    update={
-                        "code": "budget_exceeded",
-                        "details": [breach.model_dump(mode="json")] if breach else None,
-                    }
-                ),
-            )
-        params = CallParams(
-            max_tokens=reservation.max_tokens or req.max_tokens or 1,
-            temperature=req.temperature,
-            top_p=req.top_p,
-            stop=req.stop,
-        )
-        attempts = [
-            Attempt(
-                tier=s.tier,
-                provider=s.provider,
-                model=s.model,
-                outcome=AttemptOutcome.SKIPPED,
-                reason=s.reason,
-            )
-            for s in plan.skipped
-        ]
+            return self._refused(reservation)
+        params = CallParams(max_tokens=reservation.max_tokens or req.max_tokens or 1,
+                            temperature=req.temperature, top_p=req.top_p, stop=req.stop)
+        attempts: list[Attempt] = []
         failure: ProviderCallError | None = None
-        for tier in plan.tiers:
-            attempt, completion, failure = await self._try(tier, params)
-            attempts.append(attempt)
-            if completion is not None:
-                attempts.sort(key=lambda a: a.tier)
-                status = Status.SUCCESS if attempt.tier == 0 else Status.FALLBACK
-                return self._result(
-                    status,
-                    attempts=attempts,
-                    provider=tier.provider,
-                    model=tier.model,
-                    output=completion.output,
-                    finish_reason=completion.finish_reason,
-                    usage=Usage(
-                        prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens
-                    ),
-                )
-            if not failure.fallback:
+        tried = False
+        while True:
+            attempts += [Attempt(tier=s.tier, provider=s.provider, model=s.model,
+                                 outcome=AttemptOutcome.SKIPPED, reason=s.reason) for s in plan.skipped]
+            for tier in plan.tiers:
+                tried = True
+                attempt, completion, failure = await self._try(tier, params)
+                attempts.append(attempt)
+                if completion is not None:
+                    return self._result(
+                        Status.SUCCESS if attempt.tier == 0 else Status.FALLBACK,
+                        attempts=attempts, provider=tier.provider, model=tier.model,
+                        output=completion.output, finish_reason=completion.finish_reason,
+                        usage=Usage(prompt_tokens=completion.prompt_tokens,
+                                    completion_tokens=completion.completion_tokens))
+                if not failure.fallback:
+                    break
+            if (failure is not None and not failure.fallback) or plan.next_tier is None:
                 break
-        attempts.sort(key=lambda a: a.tier)
+            plan = await self._plan(plan.next_tier)
         if failure is not None and not failure.fallback:
-            error = errors.ProviderError(failure.message)
-        elif not plan.tiers:
+            error: errors.SwitchboardError = errors.ProviderError(failure.message)
+        elif not tried:
             error = errors.NoRoute(f"no tier of {req.workflow!r} can be tried now")
         else:
             error = errors.AllTiersFailed(f"every tier of {req.workflow!r} failed")
         return self._result(Status.ERROR, attempts=attempts, error=errors.to_wire(error))
 
+    def _refused(self, reservation: Reservation) -> InvokeResult:
+        breach = reservation.breach
+        return self._result(Status.BUDGET_EXCEEDED, error=ErrorInfo(
+            code="budget_exceeded", message=breach.message if breach else "budget exceeded",
+            details=[breach.model_dump(mode="json")] if breach else None))
+
     async def _try(self, tier: PlannedTier, params: CallParams):
+        """Call one tier: (attempt, completion or None, failure or None)."""
         adapter = self.gw.providers.get(tier.provider)
         if adapter is None:
-            return (
-                Attempt(
-                    tier=tier.tier,
-                    provider=tier.provider,
-                    model=tier.model,
-                    outcome=AttemptOutcome.SKIPPED,
-                    reason="provider not in this gateway's policy",
-                ),
-                None,
-                ProviderCallError(AttemptOutcome.SKIPPED, "provider not configured"),
-            )
+            failure = ProviderCallError(AttemptOutcome.SKIPPED, "provider not in this gateway's policy")
+            return self._attempt(tier, failure.outcome, 0.0, reason=failure.message), None, failure
         t0 = time.perf_counter()
         with _tracer.start_as_current_span(
-            f"provider {tier.provider}",
-            kind=SpanKind.CLIENT,
-            attributes={
-                "switchboard.tier": tier.tier,
-                "switchboard.provider": tier.provider,
-                "switchboard.model": tier.model,
-            },
+            f"provider {tier.provider}", kind=SpanKind.CLIENT,
+            attributes={"switchboard.tier": tier.tier, "switchboard.provider": tier.provider,
+                        "switchboard.model": tier.model},
         ) as span:
             try:
-                completion = await adapter.complete(
-                    tier.model, self.req.messages, params, tier.timeout_ms / 1000
-                )
+                timeout_s = tier.timeout_ms / 1000
+                completion = await adapter.complete(tier.model, self.req.messages, params, timeout_s)
             except ProviderCallError as exc:
                 latency = (time.perf_counter() - t0) * 1000
                 span.set_status(StatusCode.ERROR, exc.outcome.value)
                 span.set_attribute("switchboard.outcome", exc.outcome.value)
-                self._count_attempt(tier, exc.outcome, latency)
-                return (
-                    Attempt(
-                        tier=tier.tier,
-                        provider=tier.provider,
-                        model=tier.model,
-                        outcome=exc.outcome,
-                        latency_ms=round(latency, 3),
-                        status_code=exc.status_code,
-                        reason=exc.message,
-                    ),
-                    None,
-                    exc,
-                )
+                self._report(tier, exc.outcome, latency, status_code=exc.status_code,
+                             retry_after_s=exc.retry_after_s)
+                attempt = self._attempt(tier, exc.outcome, latency, status_code=exc.status_code,
+                                        reason=exc.message)
+                return attempt, None, exc
         latency = (time.perf_counter() - t0) * 1000
-        self._count_attempt(tier, AttemptOutcome.OK, latency)
-        return (
-            Attempt(
-                tier=tier.tier,
-                provider=tier.provider,
-                model=tier.model,
-                outcome=AttemptOutcome.OK,
-                latency_ms=round(latency, 3),
-                status_code=200,
-            ),
-            completion,
-            None,
-        )
+        self._report(tier, AttemptOutcome.OK, latency, status_code=200,
+                     tokens=completion.prompt_tokens + completion.completion_tokens)
+        return self._attempt(tier, AttemptOutcome.OK, latency, status_code=200), completion, None
 
-    def _count_attempt(self, tier: PlannedTier, outcome: AttemptOutcome, latency_ms: float) -> None:
+    @staticmethod
+    def _attempt(tier: PlannedTier, outcome: AttemptOutcome, latency_ms: float, **fields) -> Attempt:
+        return Attempt(tier=tier.tier, provider=tier.provider, model=tier.model, outcome=outcome,
+                       latency_ms=round(latency_ms, 3), **fields)
+
+    def _report(self, tier: PlannedTier, outcome: AttemptOutcome, latency_ms: float, **fields) -> None:
+        """Count the call, and tell the router (fire-and-forget) so cooldowns, circuits and quotas
+        follow real calls."""
         metrics.PROVIDER_ATTEMPTS.labels(tier.provider, tier.model, outcome.value).inc()
         metrics.PROVIDER_LATENCY.labels(tier.provider, tier.model).observe(latency_ms / 1000)
+        report = TierOutcome(invocation_id=self.req.invocation_id, workflow=self.req.workflow,
+                             provider=tier.provider, model=tier.model, outcome=outcome, **fields)
+        self.bus.spawn(self.bus.publish(names.router_outcome(self.env), report))
 
     # --- control services -------------------------------------------------------------
 
-    async def _plan(self) -> Plan:
-        """The router's plan; if the router is down, the policy's tiers in order."""
+    async def _plan(self, start: int) -> Plan:
+        """The router's next tier from `start`; if the router is down, the policy's tiers in order."""
         req = self.req
         try:
             plan = await self.bus.request(
                 names.router_plan(self.env),
-                PlanRequest(invocation_id=req.invocation_id, workflow=req.workflow, metadata=req.metadata),
-                Plan,
-                timeout=self.gw.settings.control_timeout_s,
-                unavailable=errors.RouterUnavailable,
-            )
+                PlanRequest(invocation_id=req.invocation_id, workflow=req.workflow, metadata=req.metadata,
+                            start_tier=start),
+                Plan, timeout=self.gw.settings.control_timeout_s, unavailable=errors.RouterUnavailable)
         except errors.RouterUnavailable as exc:
-            log.warning(
-                "router unavailable; planning from local policy",
-                extra={"invocation_id": req.invocation_id, "error": str(exc)},
-            )
-            return self._static_plan()
+            log.warning("router unavailable; planning from local policy",
+                        extra={"invocation_id": req.invocation_id, "error": str(exc)})
+            return self._static_plan(start)
         if plan.error is not None:
             if plan.error.code == errors.UnknownWorkflow.code:
-                return self._static_plan()  # the router runs another policy version than ours
+                return self._static_plan(start)  # the router runs another policy version than ours
             raise errors.from_wire(plan.error)
         return plan
 
-    def _static_plan(self) -> Plan:
-        return Plan(
-            workflow=self.req.workflow,
-            config_version=self.active.version,
-            tiers=[
-                PlannedTier(
-                    tier=i,
-                    provider=t.provider,
-                    model=t.model,
-                    timeout_ms=t.timeout_ms,
-                    slo_p99_ms=t.slo_p99_ms,
-                )
-                for i, t in enumerate(self.workflow.tiers)
-            ],
-        )
+    def _static_plan(self, start: int) -> Plan:
+        return Plan(workflow=self.req.workflow, config_version=self.active.version, tiers=[
+            PlannedTier(tier=i, provider=t.provider, model=t.model, timeout_ms=t.timeout_ms,
+                        slo_p99_ms=t.slo_p99_ms)
+            for i, t in enumerate(self.workflow.tiers) if i >= start])
 
     async def _reserve(self) -> Reservation:
         """The budget's decision; when it cannot be had, the workflow's `on_unavailable` mode."""

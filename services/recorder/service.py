@@ -14,7 +14,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from services.recorder import store
 from shared import codec, errors, names
-from shared.contracts import TraceReply, TraceRequest
+from shared.contracts import EventCountReply, EventCountRequest, TraceReply, TraceRequest
 from shared.service import Service
 from shared.settings import Settings
 from shared.telemetry import metrics
@@ -56,6 +56,13 @@ class RecorderService(Service):
         stack.push_async_callback(self._stop, tasks)
         await self.bus.serve(
             names.recorder_trace(env), names.RECORDER_QUEUE, TraceRequest, self.trace, self._error_reply
+        )
+        await self.bus.serve(
+            names.recorder_count(env),
+            names.RECORDER_QUEUE,
+            EventCountRequest,
+            self.count,
+            lambda exc, _: EventCountReply(kind="", error=errors.to_wire(exc)),
         )
 
     async def _stop(self, tasks: list[asyncio.Task]) -> None:
@@ -130,6 +137,16 @@ class RecorderService(Service):
             invocation=invocation,
             events=events,
         )
+
+    async def count(self, req: EventCountRequest, _: Msg) -> EventCountReply:
+        """How many events of a kind the audit log holds for these invocations (drills read it)."""
+        try:
+            count, invocations = await store.count_events(
+                self.db, self.settings.env, req.kind, req.invocation_ids
+            )
+        except Exception as exc:
+            raise errors.Unavailable(f"audit log unavailable: {type(exc).__name__}") from exc
+        return EventCountReply(kind=req.kind, count=count, invocations=invocations)
 
     def health_details(self) -> dict:
         return {"recorded": getattr(self, "recorded", 0)}

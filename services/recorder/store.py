@@ -111,6 +111,18 @@ async def read_trace(pool: asyncpg.Pool, env: str, invocation_id: str) -> tuple[
     return (orjson.loads(row["body"]) if row else None), [orjson.loads(r["body"]) for r in events]
 
 
+async def count_events(pool: asyncpg.Pool, env: str, kind: str, invocation_ids: list[str]) -> tuple[int, int]:
+    """(events of `kind` naming any of the ids, how many distinct ids have one)."""
+    row = await pool.fetchrow(
+        "select count(*) as n, count(distinct invocation_id) as ids from events "
+        "where env = $1 and kind = $2 and invocation_id = any($3::text[])",
+        env,
+        kind,
+        invocation_ids,
+    )
+    return int(row["n"]), int(row["ids"])
+
+
 async def prune(pool: asyncpg.Pool, older_than_days: int, batch: int = 5000) -> int:
     """Delete rows past retention in small batches so the log never locks for long."""
     total = 0

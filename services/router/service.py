@@ -1,25 +1,41 @@
-"""router: turns a workflow's live policy into an ordered plan of tiers, routing around
-providers an operator has blocked. Provider state lives in Redis so every replica agrees."""
+"""router: turns a workflow's live policy into the tier to call now, routing around providers
+that an operator blocked, that are cooling down after a 429, whose circuit is open, or that are
+out of quota; learns from every call's outcome. Provider state lives in Redis so every replica
+agrees."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import AsyncExitStack
 
 from nats.aio.msg import Msg
 from redis.exceptions import RedisError
 
-from services.router.planner import plan_tiers
-from shared import errors, keys, names
-from shared.contracts import Plan, PlanRequest
+from services.router import planner
+from services.router.health import ProviderHealth
+from shared import errors, names
+from shared.contracts import (
+    AttemptOutcome,
+    BlockReply,
+    BlockRequest,
+    Plan,
+    PlanRequest,
+    ProviderState,
+    ProviderStatusReply,
+    ProviderStatusRequest,
+    TierOutcome,
+)
 from shared.service import Service
 from shared.settings import Settings
+from shared.telemetry import metrics
 
 log = logging.getLogger("switchboard.router")
 
 
 class RouterSettings(Settings):
     http_port: int = 9102
+    headroom_interval_s: float = 5.0  # how often quota headroom gauges are refreshed
 
 
 class RouterService(Service):
@@ -28,32 +44,148 @@ class RouterService(Service):
     uses_redis = True
 
     async def setup(self, stack: AsyncExitStack) -> None:
+        env = self.settings.env
+        self.health = ProviderHealth(self.redis, env)
+        task = asyncio.create_task(self._export_headroom_forever())
+        stack.callback(task.cancel)
         await self.bus.serve(
-            names.router_plan(self.settings.env),
+            names.router_plan(env), names.ROUTER_QUEUE, PlanRequest, self.plan, self._plan_error
+        )
+        await self.bus.serve(
+            names.router_outcome(env), names.ROUTER_QUEUE, TierOutcome, self.outcome, self._plan_error
+        )
+        await self.bus.serve(
+            names.router_status(env),
             names.ROUTER_QUEUE,
-            PlanRequest,
-            self.plan,
-            self._error_reply,
+            ProviderStatusRequest,
+            self.status,
+            lambda exc, _: ProviderStatusReply(error=errors.to_wire(exc)),
+        )
+        await self.bus.serve(
+            names.router_block(env),
+            names.ROUTER_QUEUE,
+            BlockRequest,
+            self.block,
+            lambda exc, _: BlockReply(provider="", blocked=False, error=errors.to_wire(exc)),
         )
 
-    async def plan(self, req: PlanRequest, _: Msg) -> Plan:
+    def _workflow(self, name: str):
         active = self.config.active
-        workflow = active.policy.workflows.get(req.workflow)
+        workflow = active.policy.workflows.get(name)
         if workflow is None:
-            raise errors.UnknownWorkflow(f"no workflow named {req.workflow!r} in policy {active.version}")
-        tiers, skipped = plan_tiers(workflow, await self._blocked())
-        return Plan(workflow=req.workflow, config_version=active.version, tiers=tiers, skipped=skipped)
+            raise errors.UnknownWorkflow(f"no workflow named {name!r} in policy {active.version}")
+        return active, workflow
 
-    async def _blocked(self) -> dict[str, str]:
-        """Operator blocks; when Redis is down, route on policy alone (and say so in the log)."""
+    async def plan(self, req: PlanRequest, _: Msg) -> Plan:
+        active, workflow = self._workflow(req.workflow)
+        if req.start_tier >= len(workflow.tiers):
+            return Plan(workflow=req.workflow, config_version=active.version, tiers=[])
         try:
-            raw = await self.redis.hgetall(keys.provider_blocks(self.settings.env))
+            checks = await self.health.acquire(active.policy, workflow.tiers, req.start_tier)
         except RedisError as exc:
             log.warning("provider state unavailable; planning from policy alone", extra={"error": repr(exc)})
-            return {}
-        return {k.decode(): v.decode() for k, v in raw.items()}
+            return planner.static(req.workflow, workflow, active.version, req.start_tier)
+        plan = planner.from_checks(req.workflow, workflow, checks, active.version)
+        for skip in plan.skipped:
+            if skip.source == "local_quota":
+                metrics.RATE_LIMIT_EVENTS.labels(skip.provider, skip.model, "local_quota").inc()
+                self.bus.emit_later(
+                    "rate_limit",
+                    invocation_id=req.invocation_id,
+                    workflow=req.workflow,
+                    provider=skip.provider,
+                    model=skip.model,
+                    source="local_quota",
+                    detail=skip.reason,
+                )
+        return plan
 
-    def _error_reply(self, exc: errors.SwitchboardError, _: bytes) -> Plan:
+    async def outcome(self, req: TierOutcome, _: Msg) -> None:
+        policy = self.config.active.policy
+        spec = policy.providers.get(req.provider)
+        if spec is None:
+            return None
+        try:
+            failures, is_open = await self.health.record(spec, req)
+        except RedisError as exc:
+            log.warning("provider outcome not recorded", extra={"error": repr(exc), "provider": req.provider})
+            return None
+        if req.outcome is AttemptOutcome.RATE_LIMITED:
+            metrics.RATE_LIMIT_EVENTS.labels(req.provider, req.model, "provider_429").inc()
+            self.bus.emit_later(
+                "rate_limit",
+                invocation_id=req.invocation_id,
+                workflow=req.workflow,
+                provider=req.provider,
+                model=req.model,
+                source="provider_429",
+                retry_after_s=req.retry_after_s,
+                cooldown=spec.cooldown.enabled,
+            )
+        if is_open and failures == spec.circuit.failures:
+            log.warning("circuit opened", extra={"provider": req.provider, "failures": failures})
+            self.bus.emit_later(
+                "circuit",
+                provider=req.provider,
+                state="open",
+                failures=failures,
+                open_s=spec.circuit.open_s,
+                invocation_id=req.invocation_id,
+            )
+        return None
+
+    async def status(self, req: ProviderStatusRequest, _: Msg) -> ProviderStatusReply:
+        active = self.config.active
+        if req.provider is not None and req.provider not in active.policy.providers:
+            raise errors.NotFound(f"no provider named {req.provider!r} in policy {active.version}")
+        try:
+            providers = await self.health.status(active.policy, req.provider)
+        except RedisError as exc:
+            raise errors.Unavailable(f"provider state unavailable: {type(exc).__name__}") from exc
+        _export_headroom(providers)
+        return ProviderStatusReply(config_version=active.version, providers=providers)
+
+    async def block(self, req: BlockRequest, _: Msg) -> BlockReply:
+        if req.provider not in self.config.active.policy.providers:
+            raise errors.NotFound(f"no provider named {req.provider!r} in the active policy")
+        try:
+            if req.blocked:
+                await self.health.block(req.provider, req.reason)
+            else:
+                await self.health.unblock(req.provider)
+        except RedisError as exc:
+            raise errors.Unavailable(f"provider state unavailable: {type(exc).__name__}") from exc
+        log.warning(
+            "provider %s",
+            "blocked" if req.blocked else "unblocked",
+            extra={"provider": req.provider, "reason": req.reason, "by": req.by},
+        )
+        await self.bus.emit(
+            "provider_block", provider=req.provider, blocked=req.blocked, reason=req.reason, by=req.by
+        )
+        return BlockReply(provider=req.provider, blocked=req.blocked)
+
+    async def _export_headroom_forever(self) -> None:
+        """Keep the quota headroom gauges current for Prometheus, whether or not anyone asks."""
+        while True:
+            await asyncio.sleep(self.settings.headroom_interval_s)
+            try:
+                _export_headroom(await self.health.status(self.config.active.policy))
+            except RedisError as exc:
+                log.debug("headroom not refreshed", extra={"error": repr(exc)})
+
+    def _plan_error(self, exc: errors.SwitchboardError, _: bytes) -> Plan:
         return Plan(
             workflow="", config_version=self.config_version or "", tiers=[], error=errors.to_wire(exc)
         )
+
+
+def _export_headroom(providers: list[ProviderState]) -> None:
+    for p in providers:
+        for kind, value in (("requests", p.request_headroom), ("tokens", p.token_headroom)):
+            if value is not None:
+                metrics.QUOTA_HEADROOM.labels(p.provider, "*", kind).set(value)
+        for m in p.models:
+            for kind, value in (("requests", m.request_headroom), ("tokens", m.token_headroom)):
+                if value is not None:
+                    metrics.QUOTA_HEADROOM.labels(p.provider, m.model, kind).set(value)

@@ -9,7 +9,7 @@ import os
 import sys
 
 from shared import names
-from shared.sbctl import config_cmds, invoke_cmds
+from shared.sbctl import config_cmds, drill_cmds, invoke_cmds, provider_cmds
 from shared.settings import Settings
 
 
@@ -50,6 +50,40 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=60.0)
     _common(p)
     p.set_defaults(func=invoke_cmds.invoke)
+
+    provider = sub.add_parser("provider", help="provider health and the block lever").add_subparsers(
+        dest="cmd", required=True
+    )
+    p = provider.add_parser("status", help="blocks, circuits, cooldowns and quota use per provider/model")
+    p.add_argument("--provider")
+    _common(p)
+    p.set_defaults(func=provider_cmds.status)
+    p = provider.add_parser("block", help="route around a provider at once (every replica)")
+    p.add_argument("provider")
+    p.add_argument("--reason", default="blocked by operator")
+    _common(p)
+    p.set_defaults(func=provider_cmds.block)
+    p = provider.add_parser("unblock", help="let a blocked provider take traffic again")
+    p.add_argument("provider")
+    _common(p)
+    p.set_defaults(func=provider_cmds.unblock)
+
+    p = sub.add_parser("quotas", help="quota use and headroom this minute")
+    _common(p)
+    p.set_defaults(func=provider_cmds.quotas)
+
+    drill = sub.add_parser("drill", help="exercise failure paths for real").add_subparsers(
+        dest="cmd", required=True
+    )
+    p = drill.add_parser("provider-outage", help="block a provider, drive its workflows, judge the fallback")
+    p.add_argument("--provider", required=True)
+    p.add_argument("--invocations", type=int, default=20, help="per workflow")
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--timeout", type=float, default=30.0, help="per invocation, seconds")
+    p.add_argument("--min-completion", type=float, default=1.0, help="fraction that must complete")
+    p.add_argument("--wait", type=float, default=15.0, help="seconds to wait for the audit log")
+    _common(p)
+    p.set_defaults(func=drill_cmds.provider_outage)
 
     p = sub.add_parser("trace", help="an invocation as recorded in the audit log")
     p.add_argument("invocation_id")

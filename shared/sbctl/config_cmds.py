@@ -60,7 +60,10 @@ async def apply(args, settings) -> int:
                 "version": current.version,
                 "message": "identical to the active version; nothing applied (use --force)",
             }
-            emit_json(out) if args.json else print(f"unchanged: version {current.version} is identical")
+            if args.json:
+                emit_json(out)
+            else:
+                print(f"unchanged: version {current.version} is identical")
             return 0
         applied_by = args.by or f"{getpass.getuser()}@{socket.gethostname()}"
         doc = await store.apply(result.policy, applied_by=applied_by, source=source)

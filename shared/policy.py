@@ -102,7 +102,6 @@ class WorkflowSpec(Spec):
     description: str = ""
     tiers: list[TierSpec] = Field(min_length=1)
     budget: BudgetSpec
-    degradation: Literal["fail_closed", "passthrough"] = "fail_closed"
     owner: str | None = None
 
 

@@ -209,8 +209,8 @@ class ReserveRequest(Strict):
     invocation_id: str
     workflow: str
     session_id: str | None = None
-    estimated_prompt_tokens: int = Field(ge=0)
-    max_tokens: int | None = Field(default=None, gt=0)
+    estimated_prompt_tokens: int = Field(ge=0, le=1_000_000_000)
+    max_tokens: int | None = Field(default=None, gt=0, le=1_000_000_000)
     model: str | None = None
 
 
@@ -245,6 +245,33 @@ class SettleRequest(Strict):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     model: str | None = None
+
+
+class BudgetShowRequest(Strict):
+    workflow: str
+    session_id: str | None = None
+
+
+class LedgerUsage(Open):
+    """A limit held in Redis as it stands now: `used` is settled, `reserved` is in flight."""
+
+    unit: Literal["tokens", "usd"]
+    limit: float
+    used: float
+    reserved: float
+    remaining: float
+    in_flight: int
+    window_s: int
+
+
+class BudgetShowReply(Open):
+    workflow: str
+    session_id: str | None = None
+    config_version: str | None = None
+    budget: dict | None = None  # the workflow's `budget` section of the live policy
+    session: LedgerUsage | None = None
+    spend_today: LedgerUsage | None = None
+    error: ErrorInfo | None = None
 
 
 # --- recorder -------------------------------------------------------------------------

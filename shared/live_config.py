@@ -15,8 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import orjson
-from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError, NoKeysError, NotFoundError
 from pydantic import BaseModel, ConfigDict
 
 from shared import names
@@ -65,26 +64,29 @@ class ConfigStore:
                 )
         return self._kv
 
-    async def current(self) -> VersionDoc | None:
+    async def entries(self) -> list:
+        """Every stored revision of the policy key, newest first (at most KV_HISTORY)."""
         kv = await self.bucket()
         try:
-            entry = await kv.get(names.CONFIG_KEY)
-        except (NotFoundError, KeyError):
-            return None
-        if entry.value is None:
-            return None
-        return VersionDoc.model_validate_json(entry.value)
+            history = await kv.history(names.CONFIG_KEY)
+        except (NoKeysError, NotFoundError, KeyError):
+            return []
+        return [e for e in reversed(history) if e.value]
+
+    async def current(self) -> VersionDoc | None:
+        """The newest readable version (an unreadable newer revision is skipped)."""
+        for entry in await self.entries():
+            if (doc := _read(entry.value)) is not None:
+                return doc
+        return None
 
     async def apply(self, policy: Policy, *, applied_by: str, source: str = "") -> VersionDoc:
         """Write `policy` as the next version (compare-and-set, retried on a race)."""
         kv = await self.bucket()
         for _ in range(20):
-            try:
-                entry = await kv.get(names.CONFIG_KEY)
-                last_rev = entry.revision
-                last_version = VersionDoc.model_validate_json(entry.value).version if entry.value else 0
-            except (NotFoundError, KeyError):
-                last_rev, last_version = None, 0
+            entries = await self.entries()
+            last_rev = entries[0].revision if entries else None
+            last_version = max((d.version for e in entries if (d := _read(e.value))), default=0)
             doc = VersionDoc(
                 version=last_version + 1,
                 applied_at=time.time(),
@@ -105,6 +107,13 @@ class ConfigStore:
         raise RuntimeError("could not apply: the policy kept changing underneath")
 
 
+def _read(value: bytes | None) -> VersionDoc | None:
+    try:
+        return VersionDoc.model_validate_json(value) if value else None
+    except ValueError:
+        return None
+
+
 class LiveConfig:
     """The active policy of one service, kept current from the KV bucket."""
 
@@ -117,6 +126,7 @@ class LiveConfig:
         self._task: asyncio.Task | None = None
         self._listeners: list[Callable[[ActivePolicy], None]] = []
         self.last_error: str | None = None
+        self._revision = 0  # newest KV revision looked at
 
     @property
     def active(self) -> ActivePolicy:
@@ -145,21 +155,34 @@ class LiveConfig:
             log.warning(
                 "local policy files did not load", extra={"config_dir": self.config_dir, "error": str(exc)}
             )
-        current = await self.store.current()  # a watch on an empty key waits for a timeout
-        if current is not None:
-            self._accept(current.model_dump_json().encode())
+        # Newest first, the first version that loads wins: a replica started after a rejected
+        # version runs the last good one, as the replicas that were already running do.
+        entries = await self.store.entries()
+        if entries:
+            self._revision = entries[0].revision
+        for entry in entries:
+            if self._load(entry.value):
+                break
+        if entries and self._active and self._active.number and entries[0].value:
+            newest = _read(entries[0].value)
+            if newest is None or newest.version != self._active.number:
+                self.last_error = (
+                    f"version at KV revision {entries[0].revision} rejected; running {self._active.version}"
+                )
         kv = await self.store.bucket()
         self._watcher = await kv.watch(names.CONFIG_KEY)  # replays the current value, then follows
         self._task = asyncio.create_task(self._follow())
 
     async def _follow(self) -> None:
         async for entry in self._watcher:
-            if entry is not None:
-                self._accept(entry.value)
+            if entry is not None and entry.revision > self._revision:
+                self._revision = entry.revision
+                self._load(entry.value)
 
-    def _accept(self, value: bytes | None) -> None:
+    def _load(self, value: bytes | None) -> bool:
+        """Swap to this version if it is newer than the active one; False if it does not load."""
         if not value:
-            return
+            return False
         try:
             doc = VersionDoc.model_validate_json(value)
             policy = Policy.model_validate(doc.policy)
@@ -173,14 +196,15 @@ class LiveConfig:
                     "config_version": self._active.version if self._active else None,
                 },
             )
-            return
+            return False
         if self._active is not None and self._active.number >= doc.version:
-            return
+            return True
         self.last_error = None
         self._swap(ActivePolicy(policy, str(doc.version), doc.version, doc.applied_at))
         log.info(
             "policy version active", extra={"config_version": str(doc.version), "applied_by": doc.applied_by}
         )
+        return True
 
     def _swap(self, active: ActivePolicy) -> None:
         self._active = active
@@ -196,7 +220,3 @@ class LiveConfig:
                 await self._watcher.stop()
             except Exception:
                 pass
-
-
-def policy_json(policy: Policy) -> bytes:
-    return orjson.dumps(policy.model_dump(mode="json"))

@@ -28,7 +28,11 @@ from pydantic import (
     model_validator,
 )
 
+from shared import names
+
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+# A workflow name is a NATS subject token (sb.<env>.invoke.<workflow>): no dots.
+WorkflowName = Annotated[str, StringConstraints(pattern=names.WORKFLOW_PATTERN.pattern)]
 SECTIONS = ("providers", "workflows")
 _ENV_REF = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::-([^}]*))?\}")
 
@@ -107,7 +111,7 @@ class WorkflowSpec(Spec):
 
 class Policy(Spec):
     providers: dict[Name, ProviderSpec] = Field(min_length=1)
-    workflows: dict[Name, WorkflowSpec] = Field(min_length=1)
+    workflows: dict[WorkflowName, WorkflowSpec] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _tiers_name_known_models(self) -> Policy:
@@ -178,8 +182,9 @@ class PolicyLoadError(Exception):
 
 
 def expand_env(text: str) -> str:
-    """`${VAR}` and `${VAR:-default}` from the loading process's environment."""
-    return _ENV_REF.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), text)
+    """`${VAR}` and `${VAR:-default}` from the loading process's environment (the default also
+    when VAR is empty, as in a shell)."""
+    return _ENV_REF.sub(lambda m: os.environ.get(m.group(1)) or m.group(2) or "", text)
 
 
 def load_dir(directory: str | Path) -> LoadResult:

@@ -76,6 +76,7 @@ class Service:
                 max_inflight=s.max_inflight,
             )
             stack.push_async_callback(self.bus.close)
+            await self.bus.ensure_events_stream()  # every service emits events
             if self.uses_config:
                 self.config = LiveConfig(self.bus.js, env=s.env, config_dir=s.config_dir, service=self.name)
                 await self.config.start()

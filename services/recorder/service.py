@@ -38,7 +38,6 @@ class RecorderService(Service):
 
     async def setup(self, stack: AsyncExitStack) -> None:
         env = self.settings.env
-        await self.bus.ensure_events_stream()
         self._sub = await self.bus.js.pull_subscribe(
             names.events_wildcard(env),
             durable=names.RECORDER_DURABLE,

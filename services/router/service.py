@@ -45,7 +45,7 @@ class RouterService(Service):
 
     async def setup(self, stack: AsyncExitStack) -> None:
         env = self.settings.env
-        self.health = ProviderHealth(self.redis, env)
+        self.provider_state = ProviderHealth(self.redis, env)
         task = asyncio.create_task(self._export_headroom_forever())
         stack.callback(task.cancel)
         await self.bus.serve(
@@ -81,7 +81,7 @@ class RouterService(Service):
         if req.start_tier >= len(workflow.tiers):
             return Plan(workflow=req.workflow, config_version=active.version, tiers=[])
         try:
-            checks = await self.health.acquire(active.policy, workflow.tiers, req.start_tier)
+            checks = await self.provider_state.acquire(active.policy, workflow.tiers, req.start_tier)
         except RedisError as exc:
             log.warning("provider state unavailable; planning from policy alone", extra={"error": repr(exc)})
             return planner.static(req.workflow, workflow, active.version, req.start_tier)
@@ -106,7 +106,7 @@ class RouterService(Service):
         if spec is None:
             return None
         try:
-            failures, is_open = await self.health.record(spec, req)
+            failures, is_open = await self.provider_state.record(spec, req)
         except RedisError as exc:
             log.warning("provider outcome not recorded", extra={"error": repr(exc), "provider": req.provider})
             return None
@@ -139,7 +139,7 @@ class RouterService(Service):
         if req.provider is not None and req.provider not in active.policy.providers:
             raise errors.NotFound(f"no provider named {req.provider!r} in policy {active.version}")
         try:
-            providers = await self.health.status(active.policy, req.provider)
+            providers = await self.provider_state.status(active.policy, req.provider)
         except RedisError as exc:
             raise errors.Unavailable(f"provider state unavailable: {type(exc).__name__}") from exc
         _export_headroom(providers)
@@ -150,9 +150,9 @@ class RouterService(Service):
             raise errors.NotFound(f"no provider named {req.provider!r} in the active policy")
         try:
             if req.blocked:
-                await self.health.block(req.provider, req.reason)
+                await self.provider_state.block(req.provider, req.reason)
             else:
-                await self.health.unblock(req.provider)
+                await self.provider_state.unblock(req.provider)
         except RedisError as exc:
             raise errors.Unavailable(f"provider state unavailable: {type(exc).__name__}") from exc
         log.warning(
@@ -170,7 +170,7 @@ class RouterService(Service):
         while True:
             await asyncio.sleep(self.settings.headroom_interval_s)
             try:
-                _export_headroom(await self.health.status(self.config.active.policy))
+                _export_headroom(await self.provider_state.status(self.config.active.policy))
             except RedisError as exc:
                 log.debug("headroom not refreshed", extra={"error": repr(exc)})
 

@@ -1,0 +1,117 @@
+"""Services as real processes (`python -m services.<name>`): readiness, a SIGTERM during an
+in-flight invocation (the agent still gets its reply, exit 0, one JSON log line), and a router
+killed with SIGKILL (the gateway plans from its local policy and keeps serving)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import pytest
+
+from shared.contracts import Status
+from tests.support.helpers import SIM_KEYS, ServiceProcess, infra_env
+from tests.support.stack import wait_for
+
+LOG_FIELDS = (
+    "workflow",
+    "invocation_id",
+    "model",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_ms",
+    "status",
+)
+
+
+@pytest.fixture
+async def procs(stack, tmp_path):
+    """Start service processes of the test's environment; every one is stopped afterwards
+    (the `stack` fixture then removes the environment with `cleanup_env`)."""
+    started: list[ServiceProcess] = []
+    env = infra_env(
+        stack.infra,
+        SB_ENV=stack.env,
+        SB_CONFIG_DIR=str(stack.policy_dir),
+        SB_SIMULATOR_URL=stack.sim.url,
+        SB_DRAIN_TIMEOUT_S="15",
+        **SIM_KEYS,
+    )
+
+    async def start(*names: str) -> dict[str, ServiceProcess]:
+        batch = [ServiceProcess(name, env, tmp_path) for name in names]
+        started.extend(batch)
+        for p in batch:
+            await p.start()
+        await asyncio.gather(*(p.wait_ready() for p in batch))
+        return {p.name: p for p in batch}
+
+    try:
+        yield start
+    finally:
+        await asyncio.gather(*(p.stop() for p in started), return_exceptions=True)
+
+
+async def test_sigterm_during_an_invocation_replies_logs_and_exits_0(stack, procs):
+    running = await procs("router", "budget", "recorder", "gateway")
+    gateway = running["gateway"]
+    await stack.sim.control.set_latency(1500)
+    client = await stack.client()
+
+    call = asyncio.create_task(client.invoke("support-triage", "slow one", timeout=30))
+    await wait_for(
+        lambda: _provider_calls(stack), timeout=15, interval=0.02, message="the call to reach the provider"
+    )
+    assert not call.done()
+    gateway.signal(signal.SIGTERM)
+
+    result = await asyncio.wait_for(call, 30)
+    code = await gateway.wait(30)
+
+    assert result.status is Status.SUCCESS, result
+    assert result.latency_ms >= 1500
+    assert code == 0, gateway.output()
+    lines = [e for e in gateway.log_lines() if e.get("event") == "invocation"]
+    assert len(lines) == 1, gateway.output()
+    line = lines[0]
+    assert {k: line.get(k) for k in LOG_FIELDS} == {
+        "workflow": "support-triage",
+        "invocation_id": result.invocation_id,
+        "model": "gpt-sim-large",
+        "prompt_tokens": result.usage.prompt_tokens,
+        "completion_tokens": result.usage.completion_tokens,
+        "latency_ms": result.latency_ms,
+        "status": "success",
+    }
+    assert line["prompt_tokens"] > 0 and line["completion_tokens"] > 0
+    assert any(e.get("event") == "stopped" for e in gateway.log_lines())
+
+
+async def test_gateway_keeps_serving_when_the_router_is_killed(stack, procs):
+    running = await procs("router", "budget", "recorder", "gateway")
+    client = await stack.client()
+    first = await client.invoke("support-triage", "before")
+    assert first.status is Status.SUCCESS
+
+    router = running["router"]
+    router.signal(signal.SIGKILL)
+    assert await router.wait(10) == -signal.SIGKILL
+
+    after = await client.invoke("support-triage", "after", timeout=20)
+
+    assert after.status is Status.SUCCESS, after
+    assert (after.provider, after.model) == ("openai-sim", "gpt-sim-large")
+    gateway = running["gateway"]
+    assert gateway.proc.returncode is None
+    warnings = [  # the gateway says it planned without the router
+        e
+        for e in gateway.log_lines()
+        if e.get("invocation_id") == after.invocation_id
+        and e.get("level") == "warning"
+        and "router" in e.get("event", "")
+    ]
+    assert warnings, gateway.output()
+
+
+async def _provider_calls(stack) -> int:
+    return (await stack.sim.control.stats())["total"]

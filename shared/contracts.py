@@ -83,6 +83,7 @@ class Attempt(Open):
     latency_ms: float = 0.0
     status_code: int | None = None
     reason: str | None = None
+    source: str | None = None  # why a tier was skipped: blocked | cooldown | circuit_open | local_quota
 
 
 class InvokeResult(Open):

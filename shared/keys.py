@@ -16,14 +16,21 @@ def idempotency(env: str, invocation_id: str) -> str:
     return f"sb:{env}:idem:{invocation_id}"
 
 
-def session_window(env: str, workflow: str, session_id: str) -> str:
-    """budget: sorted set of settled and reserved token amounts in a session's rolling window."""
-    return f"sb:{env}:budget:session:{{{workflow}:{session_id}}}:window"
+LEDGER_PARTS = ("window", "reserved", "amounts", "totals")
 
 
-def session_reservations(env: str, workflow: str, session_id: str) -> str:
-    """budget: hash of in-flight reservations of a session, invocation id -> tokens."""
-    return f"sb:{env}:budget:session:{{{workflow}:{session_id}}}:reserved"
+def budget_session(env: str, workflow: str, session_id: str) -> tuple[str, ...]:
+    """budget: the keys of a session's rolling token ledger (layout: services/budget/lua/ledger.lua).
+
+    Every budget key of a workflow shares the hash tag `{workflow}`, so that one script may
+    debit a session and the workflow's daily spend at once, on a cluster too.
+    """
+    return tuple(f"sb:{env}:budget:{{{workflow}}}:session:{session_id}:{part}" for part in LEDGER_PARTS)
+
+
+def budget_spend(env: str, workflow: str) -> tuple[str, ...]:
+    """budget: the keys of a workflow's spend ledger (micro-USD per UTC day)."""
+    return tuple(f"sb:{env}:budget:{{{workflow}}}:spend:{part}" for part in LEDGER_PARTS)
 
 
 def provider_blocks(env: str) -> str:

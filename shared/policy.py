@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from shared import names
+from shared import names, tokens
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 # A workflow name is a NATS subject token (sb.<env>.invoke.<workflow>): no dots.
@@ -130,6 +130,20 @@ class Policy(Spec):
                     )
             if len(wf.tiers) < 2:
                 problems.append(f"workflows.{wname}.tiers: a workflow needs at least one fallback tier")
+            worst_s = sum(t.timeout_ms for t in wf.tiers) / 1000
+            if wf.budget.reservation_ttl_s <= worst_s:
+                problems.append(
+                    f"workflows.{wname}.budget.reservation_ttl_s: {wf.budget.reservation_ttl_s}s must exceed "
+                    f"the chain's worst case of {worst_s:g}s (the sum of tier timeouts), "
+                    "or usage goes uncounted"
+                )
+        for pname, provider in self.providers.items():
+            for mname, model in provider.models.items():
+                if model.tokenizer is not None and model.tokenizer not in tokens.ESTIMATORS:
+                    problems.append(
+                        f"providers.{pname}.models.{mname}.tokenizer: unknown estimator {model.tokenizer!r}; "
+                        f"known: {', '.join(sorted(tokens.ESTIMATORS))}"
+                    )
         if problems:
             raise ValueError("; ".join(problems))
         return self

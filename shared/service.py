@@ -16,6 +16,8 @@ from typing import ClassVar
 
 import asyncpg
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from shared.bus import Bus
 from shared.live_config import LiveConfig
@@ -61,8 +63,14 @@ class Service:
         self._stack = stack
         try:
             if self.uses_redis:
+                # One immediate retry covers a pooled connection made stale by a Redis restart;
+                # the client's default (ten, with backoff) would hold callers for seconds.
                 self.redis = aioredis.from_url(
-                    s.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0, health_check_interval=10
+                    s.redis_url,
+                    socket_timeout=1.0,
+                    socket_connect_timeout=1.0,
+                    health_check_interval=10,
+                    retry=Retry(NoBackoff(), 1),
                 )
                 stack.push_async_callback(self.redis.aclose)
             if self.uses_database:

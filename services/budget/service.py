@@ -1,7 +1,9 @@
-"""budget: enforces token limits before any provider is called, and settles afterwards.
+"""budget: enforces token and spend limits before any provider is called, and settles afterwards.
 
 Every breach is refused here, counted, and published as a `budget_breach` event carrying the
-invocation id, workflow, session, scope, estimate, ceiling and what remains.
+invocation id, workflow, session, scope, estimate, ceiling and what remains. Limits are read
+from the live policy on every request. When Redis cannot be reached, a request that needs it
+gets the `budget_unavailable` error, which the gateway maps to the workflow's mode.
 """
 
 from __future__ import annotations
@@ -11,9 +13,21 @@ from contextlib import AsyncExitStack
 
 from nats.aio.msg import Msg
 
+from services.budget import limits, pricing
 from services.budget.ceilings import check_invocation
+from services.budget.ledgers import LedgerStore
 from shared import errors, names
-from shared.contracts import Breach, Reservation, ReserveRequest, SettleRequest
+from shared.contracts import (
+    Breach,
+    BudgetScope,
+    BudgetShowReply,
+    BudgetShowRequest,
+    Reservation,
+    ReserveRequest,
+    SettleRequest,
+)
+from shared.live_config import ActivePolicy
+from shared.policy import WorkflowSpec
 from shared.service import Service
 from shared.settings import Settings
 from shared.telemetry import metrics
@@ -31,6 +45,7 @@ class BudgetService(Service):
     uses_redis = True
 
     async def setup(self, stack: AsyncExitStack) -> None:
+        self.store = LedgerStore(self.redis)
         env = self.settings.env
         await self.bus.serve(
             names.budget_reserve(env), names.BUDGET_QUEUE, ReserveRequest, self.reserve, self._error_reply
@@ -38,39 +53,103 @@ class BudgetService(Service):
         await self.bus.serve(
             names.budget_settle(env), names.BUDGET_QUEUE, SettleRequest, self.settle, self._error_reply
         )
+        await self.bus.serve(
+            names.budget_show(env),
+            names.BUDGET_QUEUE,
+            BudgetShowRequest,
+            self.show,
+            lambda exc, _: BudgetShowReply(workflow="", error=errors.to_wire(exc)),
+        )
 
     async def reserve(self, req: ReserveRequest, _: Msg) -> Reservation:
+        """Check the ceiling, then hold the worst case on the session and spend ledgers at once."""
         active = self.config.active
-        workflow = active.policy.workflows.get(req.workflow)
-        if workflow is None:
-            raise errors.UnknownWorkflow(f"no workflow named {req.workflow!r} in policy {active.version}")
-        max_tokens, breach = check_invocation(
-            req.estimated_prompt_tokens, req.max_tokens, workflow.budget.max_tokens_per_invocation
-        )
+        policy, version = active.policy, active.version
+        workflow = _workflow(active, req.workflow)
+        budget = workflow.budget
+        estimate = req.estimated_prompt_tokens
+        max_tokens, breach = check_invocation(estimate, req.max_tokens, budget.max_tokens_per_invocation)
         if breach is not None:
-            self._breached(req, breach)
-            return Reservation(allowed=False, breach=breach, config_version=active.version)
-        return Reservation(
-            allowed=True,
-            max_tokens=max_tokens,
-            reserved_tokens=req.estimated_prompt_tokens + max_tokens,
-            config_version=active.version,
+            return self._refuse(req, breach, version)
+        ledgers = limits.ledgers(self.settings.env, req.workflow, budget, req.session_id)
+        if not ledgers:
+            return Reservation(allowed=True, max_tokens=max_tokens, config_version=version)
+        worst = estimate + max_tokens
+        cost, priciest = pricing.worst_case(policy, workflow, estimate, max_tokens)
+        amounts = {BudgetScope.SESSION: worst, BudgetScope.SPEND: cost}
+        refusal = await self.store.reserve(
+            req.invocation_id, budget.reservation_ttl_s * 1000, [(x, amounts[x.scope]) for x in ledgers]
         )
+        if refusal is not None:
+            breach = limits.breach(
+                refusal,
+                session_id=req.session_id,
+                estimate=estimate,
+                max_tokens=max_tokens,
+                priciest=priciest,
+            )
+            return self._refuse(req, breach, version)
+        return Reservation(allowed=True, max_tokens=max_tokens, reserved_tokens=worst, config_version=version)
 
     async def settle(self, req: SettleRequest, _: Msg) -> None:
-        """Actual usage after the call. Only invocation ceilings exist so far: nothing is held."""
-        return None
+        """Replace the reservation by actual usage; a duplicate or late settle changes nothing."""
+        policy = self.config.active.policy
+        workflow = policy.workflows.get(req.workflow)
+        if workflow is None:  # left the policy since: its reservations expire by themselves
+            return
+        budget = workflow.budget
+        ledgers = limits.ledgers(self.settings.env, req.workflow, budget, req.session_id)
+        if not ledgers:
+            return
+        used = req.prompt_tokens + req.completion_tokens
+        cost = pricing.actual(policy, workflow, req.model, req.prompt_tokens, req.completion_tokens)
+        amounts = {BudgetScope.SESSION: used, BudgetScope.SPEND: cost}
+        try:
+            settled = await self.store.settle(
+                req.invocation_id, budget.reservation_ttl_s * 1000, [(x, amounts[x.scope]) for x in ledgers]
+            )
+        except errors.BudgetUnavailable as exc:
+            log.warning(
+                "settle lost; the reservation is released when it expires",
+                extra={"invocation_id": req.invocation_id, "workflow": req.workflow, "error": exc.message},
+            )
+            return
+        if not settled:
+            log.warning(
+                "settle ignored: no reservation held (a duplicate, or later than reservation_ttl_s)",
+                extra={"invocation_id": req.invocation_id, "workflow": req.workflow},
+            )
 
-    def _breached(self, req: ReserveRequest, breach: Breach) -> None:
+    async def show(self, req: BudgetShowRequest, _: Msg) -> BudgetShowReply:
+        """Ceilings, window usage, reservations in flight and spend today, for `sbctl budget show`."""
+        active = self.config.active
+        budget = _workflow(active, req.workflow).budget
+        reply = BudgetShowReply(
+            workflow=req.workflow,
+            session_id=req.session_id,
+            config_version=active.version,
+            budget=budget.model_dump(mode="json"),
+        )
+        for ledger in limits.ledgers(self.settings.env, req.workflow, budget, req.session_id):
+            usage = limits.usage(ledger, await self.store.balance(ledger))
+            if ledger.scope is BudgetScope.SESSION:
+                reply.session = usage
+            else:
+                reply.spend_today = usage
+        return reply
+
+    def _refuse(self, req: ReserveRequest, breach: Breach, version: str) -> Reservation:
         metrics.BUDGET_BREACHES.labels(req.workflow, breach.scope.value).inc()
         log.warning(
             "budget breach",
             extra={
                 "invocation_id": req.invocation_id,
                 "workflow": req.workflow,
+                "session_id": req.session_id,
                 "scope": breach.scope.value,
                 "ceiling": breach.ceiling,
                 "estimated_tokens": breach.estimated_tokens,
+                "remaining": breach.remaining,
             },
         )
         self.bus.emit_later(
@@ -80,6 +159,14 @@ class BudgetService(Service):
             session_id=req.session_id,
             **breach.model_dump(mode="json"),
         )
+        return Reservation(allowed=False, breach=breach, config_version=version)
 
     def _error_reply(self, exc: errors.SwitchboardError, _: bytes) -> Reservation:
         return Reservation(allowed=False, error=errors.to_wire(exc), config_version=self.config_version)
+
+
+def _workflow(active: ActivePolicy, name: str) -> WorkflowSpec:
+    workflow = active.policy.workflows.get(name)
+    if workflow is None:
+        raise errors.UnknownWorkflow(f"no workflow named {name!r} in policy {active.version}")
+    return workflow

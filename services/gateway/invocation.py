@@ -70,14 +70,27 @@ class Invocation:
         self.reservation = reservation
         if not reservation.allowed:
             return self._refused(reservation)
-        params = CallParams(max_tokens=reservation.max_tokens or req.max_tokens or 1,
-                            temperature=req.temperature, top_p=req.top_p, stop=req.stop)
+        params = CallParams(
+            max_tokens=reservation.max_tokens or req.max_tokens or 1,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            stop=req.stop,
+        )
         attempts: list[Attempt] = []
         failure: ProviderCallError | None = None
         tried = False
         while True:
-            attempts += [Attempt(tier=s.tier, provider=s.provider, model=s.model,
-                                 outcome=AttemptOutcome.SKIPPED, reason=s.reason) for s in plan.skipped]
+            attempts += [
+                Attempt(
+                    tier=s.tier,
+                    provider=s.provider,
+                    model=s.model,
+                    outcome=AttemptOutcome.SKIPPED,
+                    reason=s.reason,
+                    source=s.source,
+                )
+                for s in plan.skipped
+            ]
             for tier in plan.tiers:
                 tried = True
                 attempt, completion, failure = await self._try(tier, params)
@@ -85,10 +98,16 @@ class Invocation:
                 if completion is not None:
                     return self._result(
                         Status.SUCCESS if attempt.tier == 0 else Status.FALLBACK,
-                        attempts=attempts, provider=tier.provider, model=tier.model,
-                        output=completion.output, finish_reason=completion.finish_reason,
-                        usage=Usage(prompt_tokens=completion.prompt_tokens,
-                                    completion_tokens=completion.completion_tokens))
+                        attempts=attempts,
+                        provider=tier.provider,
+                        model=tier.model,
+                        output=completion.output,
+                        finish_reason=completion.finish_reason,
+                        usage=Usage(
+                            prompt_tokens=completion.prompt_tokens,
+                            completion_tokens=completion.completion_tokens,
+                        ),
+                    )
                 if not failure.fallback:
                     break
             if (failure is not None and not failure.fallback) or plan.next_tier is None:
@@ -104,9 +123,14 @@ class Invocation:
 
     def _refused(self, reservation: Reservation) -> InvokeResult:
         breach = reservation.breach
-        return self._result(Status.BUDGET_EXCEEDED, error=ErrorInfo(
-            code="budget_exceeded", message=breach.message if breach else "budget exceeded",
-            details=[breach.model_dump(mode="json")] if breach else None))
+        return self._result(
+            Status.BUDGET_EXCEEDED,
+            error=ErrorInfo(
+                code="budget_exceeded",
+                message=breach.message if breach else "budget exceeded",
+                details=[breach.model_dump(mode="json")] if breach else None,
+            ),
+        )
 
     async def _try(self, tier: PlannedTier, params: CallParams):
         """Call one tier: (attempt, completion or None, failure or None)."""
@@ -116,9 +140,13 @@ class Invocation:
             return self._attempt(tier, failure.outcome, 0.0, reason=failure.message), None, failure
         t0 = time.perf_counter()
         with _tracer.start_as_current_span(
-            f"provider {tier.provider}", kind=SpanKind.CLIENT,
-            attributes={"switchboard.tier": tier.tier, "switchboard.provider": tier.provider,
-                        "switchboard.model": tier.model},
+            f"provider {tier.provider}",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "switchboard.tier": tier.tier,
+                "switchboard.provider": tier.provider,
+                "switchboard.model": tier.model,
+            },
         ) as span:
             try:
                 timeout_s = tier.timeout_ms / 1000
@@ -127,28 +155,47 @@ class Invocation:
                 latency = (time.perf_counter() - t0) * 1000
                 span.set_status(StatusCode.ERROR, exc.outcome.value)
                 span.set_attribute("switchboard.outcome", exc.outcome.value)
-                self._report(tier, exc.outcome, latency, status_code=exc.status_code,
-                             retry_after_s=exc.retry_after_s)
-                attempt = self._attempt(tier, exc.outcome, latency, status_code=exc.status_code,
-                                        reason=exc.message)
+                self._report(
+                    tier, exc.outcome, latency, status_code=exc.status_code, retry_after_s=exc.retry_after_s
+                )
+                attempt = self._attempt(
+                    tier, exc.outcome, latency, status_code=exc.status_code, reason=exc.message
+                )
                 return attempt, None, exc
         latency = (time.perf_counter() - t0) * 1000
-        self._report(tier, AttemptOutcome.OK, latency, status_code=200,
-                     tokens=completion.prompt_tokens + completion.completion_tokens)
+        self._report(
+            tier,
+            AttemptOutcome.OK,
+            latency,
+            status_code=200,
+            tokens=completion.prompt_tokens + completion.completion_tokens,
+        )
         return self._attempt(tier, AttemptOutcome.OK, latency, status_code=200), completion, None
 
     @staticmethod
     def _attempt(tier: PlannedTier, outcome: AttemptOutcome, latency_ms: float, **fields) -> Attempt:
-        return Attempt(tier=tier.tier, provider=tier.provider, model=tier.model, outcome=outcome,
-                       latency_ms=round(latency_ms, 3), **fields)
+        return Attempt(
+            tier=tier.tier,
+            provider=tier.provider,
+            model=tier.model,
+            outcome=outcome,
+            latency_ms=round(latency_ms, 3),
+            **fields,
+        )
 
     def _report(self, tier: PlannedTier, outcome: AttemptOutcome, latency_ms: float, **fields) -> None:
         """Count the call, and tell the router (fire-and-forget) so cooldowns, circuits and quotas
         follow real calls."""
         metrics.PROVIDER_ATTEMPTS.labels(tier.provider, tier.model, outcome.value).inc()
         metrics.PROVIDER_LATENCY.labels(tier.provider, tier.model).observe(latency_ms / 1000)
-        report = TierOutcome(invocation_id=self.req.invocation_id, workflow=self.req.workflow,
-                             provider=tier.provider, model=tier.model, outcome=outcome, **fields)
+        report = TierOutcome(
+            invocation_id=self.req.invocation_id,
+            workflow=self.req.workflow,
+            provider=tier.provider,
+            model=tier.model,
+            outcome=outcome,
+            **fields,
+        )
         self.bus.spawn(self.bus.publish(names.router_outcome(self.env), report))
 
     # --- control services -------------------------------------------------------------
@@ -159,12 +206,21 @@ class Invocation:
         try:
             plan = await self.bus.request(
                 names.router_plan(self.env),
-                PlanRequest(invocation_id=req.invocation_id, workflow=req.workflow, metadata=req.metadata,
-                            start_tier=start),
-                Plan, timeout=self.gw.settings.control_timeout_s, unavailable=errors.RouterUnavailable)
+                PlanRequest(
+                    invocation_id=req.invocation_id,
+                    workflow=req.workflow,
+                    metadata=req.metadata,
+                    start_tier=start,
+                ),
+                Plan,
+                timeout=self.gw.settings.control_timeout_s,
+                unavailable=errors.RouterUnavailable,
+            )
         except errors.RouterUnavailable as exc:
-            log.warning("router unavailable; planning from local policy",
-                        extra={"invocation_id": req.invocation_id, "error": str(exc)})
+            log.warning(
+                "router unavailable; planning from local policy",
+                extra={"invocation_id": req.invocation_id, "error": str(exc)},
+            )
             return self._static_plan(start)
         if plan.error is not None:
             if plan.error.code == errors.UnknownWorkflow.code:
@@ -173,14 +229,29 @@ class Invocation:
         return plan
 
     def _static_plan(self, start: int) -> Plan:
-        return Plan(workflow=self.req.workflow, config_version=self.active.version, tiers=[
-            PlannedTier(tier=i, provider=t.provider, model=t.model, timeout_ms=t.timeout_ms,
-                        slo_p99_ms=t.slo_p99_ms)
-            for i, t in enumerate(self.workflow.tiers) if i >= start])
+        return Plan(
+            workflow=self.req.workflow,
+            config_version=self.active.version,
+            tiers=[
+                PlannedTier(
+                    tier=i,
+                    provider=t.provider,
+                    model=t.model,
+                    timeout_ms=t.timeout_ms,
+                    slo_p99_ms=t.slo_p99_ms,
+                )
+                for i, t in enumerate(self.workflow.tiers)
+                if i >= start
+            ],
+        )
 
     async def _reserve(self) -> Reservation:
         """The budget's decision; when it cannot be had, the workflow's `on_unavailable` mode."""
         req = self.req
+        providers = self.active.policy.providers
+        families = {providers[t.provider].models[t.model].tokenizer for t in self.workflow.tiers} - {None}
+        if families:  # any tier may answer: estimate as the densest of their tokenizers counts
+            self.estimate = max(self.estimate, *(tokens.estimate(req.messages, f) for f in families))
         try:
             reservation = await self.bus.request(
                 names.budget_reserve(self.env),
@@ -231,24 +302,26 @@ class Invocation:
             **fields,
         )
 
+    def settle(self, prompt_tokens: int = 0, completion_tokens: int = 0, model: str | None = None) -> None:
+        """Turn the budget reservation into actual usage (zero releases it all); fire-and-forget."""
+        if self.reservation is None or not self.reservation.reserved_tokens:
+            return
+        req = self.req
+        settle = SettleRequest(
+            invocation_id=req.invocation_id,
+            workflow=req.workflow,
+            session_id=req.session_id,
+            reserved_tokens=self.reservation.reserved_tokens,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            model=model,
+        )
+        self.bus.spawn(self.bus.publish(names.budget_settle(self.env), settle))
+
     def record(self, result: InvokeResult) -> None:
         """Settle, emit events, log and count; runs after the agent has its reply."""
         req, bus = self.req, self.bus
-        if self.reservation is not None and self.reservation.reserved_tokens:
-            bus.spawn(
-                bus.publish(
-                    names.budget_settle(self.env),
-                    SettleRequest(
-                        invocation_id=req.invocation_id,
-                        workflow=req.workflow,
-                        session_id=req.session_id,
-                        reserved_tokens=self.reservation.reserved_tokens,
-                        prompt_tokens=result.usage.prompt_tokens,
-                        completion_tokens=result.usage.completion_tokens,
-                        model=result.model,
-                    ),
-                )
-            )
+        self.settle(result.usage.prompt_tokens, result.usage.completion_tokens, result.model)
         common = {"invocation_id": req.invocation_id, "workflow": req.workflow, "trace_id": self.trace_id}
         tried = [a for a in result.attempts if a.outcome is not AttemptOutcome.SKIPPED]
         for a in tried:
@@ -256,16 +329,13 @@ class Invocation:
         for before, after in zip(result.attempts, result.attempts[1:], strict=False):
             if before.outcome is AttemptOutcome.OK or before.outcome is AttemptOutcome.CLIENT_ERROR:
                 break
-            reason = (
-                before.outcome.value
-                if before.outcome is not AttemptOutcome.SKIPPED
-                else (before.reason or "skipped")
-            )
+            skipped = before.outcome is AttemptOutcome.SKIPPED
+            reason = (before.reason or "skipped") if skipped else before.outcome.value
             metrics.FALLBACKS.labels(
                 req.workflow,
                 f"{before.provider}/{before.model}",
                 f"{after.provider}/{after.model}",
-                before.outcome.value,
+                (before.source or "skipped") if skipped else before.outcome.value,
             ).inc()
             bus.emit_later(
                 "fallback",
@@ -278,6 +348,7 @@ class Invocation:
                 to_model=after.model,
                 reason=reason,
                 outcome=before.outcome.value,
+                source=before.source,
             )
         usage = result.usage
         bus.emit_later(

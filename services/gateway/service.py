@@ -62,10 +62,11 @@ class GatewayService(Service):
         if stored is not None:
             await self.bus.reply_raw(msg, stored)
             return
+        run = Invocation(self, req, active, workflow, started)
         try:
-            run = Invocation(self, req, active, workflow, started)
             result = await run.execute()
         except BaseException:
+            run.settle()  # nothing was used: release the reservation now, not at its expiry
             await self.idempotency.forget(req.invocation_id)
             raise
         data = codec.encode(result)

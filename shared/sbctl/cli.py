@@ -9,7 +9,7 @@ import os
 import sys
 
 from shared import names
-from shared.sbctl import config_cmds, drill_cmds, invoke_cmds, provider_cmds
+from shared.sbctl import budget_cmds, config_cmds, drill_cmds, invoke_cmds, provider_cmds
 from shared.settings import Settings
 
 
@@ -90,6 +90,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=5.0)
     _common(p)
     p.set_defaults(func=invoke_cmds.trace)
+
+    budget = sub.add_parser("budget", help="budget ceilings and usage").add_subparsers(
+        dest="cmd", required=True
+    )
+    p = budget.add_parser("show", help="ceilings, window usage, reservations in flight, spend today")
+    p.add_argument("--workflow", required=True)
+    p.add_argument("--session", help="also the session's rolling window")
+    p.add_argument("--timeout", type=float, default=5.0)
+    _common(p)
+    p.set_defaults(func=budget_cmds.show)
     return root
 
 

@@ -39,13 +39,19 @@ PROVIDER_LATENCY = Histogram(
 )
 FALLBACKS = Counter(
     "switchboard_fallback_activations_total",
-    "Fallback activations: a tier failed or was skipped and the next one was tried.",
-    ["workflow", "from_tier", "to_tier", "reason"],
+    "Fallback activations: a tier (provider/model) failed or was skipped and the next was tried. "
+    "reason is the failed call's outcome, or why the tier was skipped.",
+    ["workflow", "from", "to", "reason"],
 )
 BUDGET_BREACHES = Counter(
     "switchboard_budget_breaches_total",
     "Invocations refused before the call by a token or spend limit.",
     ["workflow", "scope"],
+)
+BUDGET_STORE_ERRORS = Counter(
+    "switchboard_budget_store_errors_total",
+    "Budget operations (reserve, settle, show) that could not reach Redis.",
+    ["operation"],
 )
 RATE_LIMIT_EVENTS = Counter(
     "switchboard_rate_limit_events_total",

@@ -1,0 +1,42 @@
+-- reserve_v1: hold an invocation's worst case on every ledger at once, or on none.
+--
+-- KEYS: four per ledger (see ledger.lua), ledgers in order.
+-- ARGV[1]: invocation id
+-- ARGV[2]: reservation ttl (ms): an unsettled reservation is released after it
+-- ARGV[3+4i .. 6+4i], for ledger i from 0: amount, limit, window_ms, aligned ('1' or '0')
+-- Returns {refused, used_1, reserved_1, used_2, reserved_2, ...}: refused is 0 when every
+--   ledger holds the amount now (a ledger that already holds this id, reserved or settled in
+--   its window, is not charged twice), else the 1-based index of the first ledger where used +
+--   reserved + amount would pass the limit, and then nothing was reserved anywhere.
+--   used/reserved are each ledger's figures before this call, expired entries released.
+
+local id = ARGV[1]
+local ttl = tonumber(ARGV[2])
+local now = now_ms()
+local out = {0}
+local todo = {}
+for i = 0, #KEYS / 4 - 1 do
+  local k = ledger(i)
+  local a = 3 + 4 * i
+  local amount, limit, window_ms = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  age(k, now, window_ms, ARGV[a + 3] == '1')
+  local used, reserved = totals(k)
+  out[#out + 1] = used
+  out[#out + 1] = reserved
+  if not (redis.call('ZSCORE', k.reserved, id) or redis.call('ZSCORE', k.window, id)) then
+    if out[1] == 0 and used + reserved + amount > limit then
+      out[1] = i + 1
+    end
+    todo[#todo + 1] = {k = k, amount = amount}
+  end
+  keep(k, math.max(window_ms, ttl))
+end
+if out[1] ~= 0 then
+  return out
+end
+for _, t in ipairs(todo) do
+  redis.call('ZADD', t.k.reserved, now + ttl, id)
+  redis.call('HSET', t.k.amounts, id, t.amount)
+  redis.call('HINCRBY', t.k.totals, 'reserved', t.amount)
+end
+return out

@@ -1,0 +1,159 @@
+"""The budget's Lua scripts against a real Redis, under a key prefix of their own."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+
+from services.budget.ledgers import Balance, Ledger, LedgerStore
+from shared import keys
+from shared.contracts import BudgetScope
+from tests.support.stack import wait_for
+
+HOUR_MS = 3_600_000
+
+
+@pytest.fixture
+async def redis(infra, env_name):
+    client = aioredis.from_url(infra.redis_url)
+    yield client
+    stale = [k async for k in client.scan_iter(match=keys.prefix(env_name) + "*")]
+    if stale:
+        await client.delete(*stale)
+    await client.aclose()
+
+
+@pytest.fixture
+def store(redis) -> LedgerStore:
+    return LedgerStore(redis)
+
+
+def session(env: str, limit: int, window_ms: int = HOUR_MS) -> Ledger:
+    return Ledger(BudgetScope.SESSION, keys.budget_session(env, "wf", "s-1"), limit, window_ms, False)
+
+
+def spend(env: str, limit: int, window_ms: int = 86_400_000) -> Ledger:
+    return Ledger(BudgetScope.SPEND, keys.budget_spend(env, "wf"), limit, window_ms, True)
+
+
+async def test_reserve_holds_until_the_limit_then_refuses_with_the_balance(store, env_name):
+    ledger = session(env_name, 100)
+    assert await store.reserve("a", HOUR_MS, [(ledger, 60)]) is None
+    refusal = await store.reserve("b", HOUR_MS, [(ledger, 41)])
+
+    assert refusal.ledger == ledger and refusal.amount == 41
+    assert refusal.balance == Balance(used=0, reserved=60)
+    assert await store.reserve("c", HOUR_MS, [(ledger, 40)]) is None
+    assert await store.balance(ledger) == Balance(used=0, reserved=100, in_flight=2)
+
+
+async def test_reserve_is_all_or_nothing_across_ledgers(store, env_name):
+    tokens, dollars = session(env_name, 1000), spend(env_name, 50)
+    refusal = await store.reserve("a", HOUR_MS, [(tokens, 100), (dollars, 51)])
+
+    assert refusal.ledger == dollars
+    assert await store.balance(tokens) == Balance(0, 0, 0)
+    assert await store.reserve("b", HOUR_MS, [(tokens, 100), (dollars, 50)]) is None
+    assert await store.balance(tokens) == Balance(0, 100, 1)
+    assert await store.balance(dollars) == Balance(0, 50, 1)
+
+
+async def test_a_repeated_reserve_of_one_invocation_is_charged_once(store, env_name):
+    ledger = session(env_name, 100)
+    assert await store.reserve("a", HOUR_MS, [(ledger, 80)]) is None
+    assert await store.reserve("a", HOUR_MS, [(ledger, 80)]) is None
+    assert await store.balance(ledger) == Balance(0, 80, 1)
+
+
+async def test_settle_replaces_the_reservation_and_a_duplicate_is_a_no_op(store, env_name):
+    ledger = session(env_name, 100)
+    await store.reserve("a", HOUR_MS, [(ledger, 80)])
+
+    assert await store.settle("a", HOUR_MS, [(ledger, 30)]) == 1
+    assert await store.balance(ledger) == Balance(used=30, reserved=0, in_flight=0)
+    assert await store.settle("a", HOUR_MS, [(ledger, 30)]) == 0
+    assert await store.balance(ledger) == Balance(used=30, reserved=0, in_flight=0)
+    assert await store.reserve("b", HOUR_MS, [(ledger, 70)]) is None
+
+
+async def test_an_expired_reservation_is_released(store, env_name):
+    ledger = session(env_name, 100)
+    await store.reserve("dead", 300, [(ledger, 100)])
+    assert await store.reserve("b", HOUR_MS, [(ledger, 1)]) is not None
+
+    await wait_for(lambda: _is(store.balance(ledger), Balance(0, 0, 0)), timeout=3, message="expiry")
+    assert await store.reserve("b", HOUR_MS, [(ledger, 100)]) is None
+
+
+async def test_a_settle_after_its_reservation_expired_changes_nothing(store, env_name):
+    ledger = session(env_name, 100)
+    await store.reserve("slow", 200, [(ledger, 90)])
+    await wait_for(lambda: _is(store.balance(ledger), Balance(0, 0, 0)), timeout=3, message="expiry")
+
+    assert await store.settle("slow", HOUR_MS, [(ledger, 70)]) == 0
+    assert await store.balance(ledger) == Balance(0, 0, 0)
+
+
+async def test_settled_tokens_leave_a_sliding_window(store, env_name):
+    ledger = session(env_name, 100, window_ms=400)
+    await store.reserve("a", HOUR_MS, [(ledger, 100)])
+    await store.settle("a", HOUR_MS, [(ledger, 100)])
+    assert await store.reserve("b", HOUR_MS, [(ledger, 1)]) is not None
+
+    await wait_for(lambda: _is(store.balance(ledger), Balance(0, 0, 0)), timeout=3, message="window")
+    assert await store.reserve("b", HOUR_MS, [(ledger, 100)]) is None
+
+
+async def test_an_aligned_window_empties_at_the_period_boundary(store, redis, env_name):
+    ledger = spend(env_name, 100, window_ms=1000)
+    await store.reserve("a", HOUR_MS, [(ledger, 100)])
+    await store.settle("a", HOUR_MS, [(ledger, 100)])
+    settled_second, _ = await redis.time()
+
+    await wait_for(lambda: _is(store.balance(ledger), Balance(0, 0, 0)), timeout=3, message="boundary")
+    now_second, _ = await redis.time()
+    assert now_second > settled_second  # emptied by the boundary, not before it
+
+
+async def test_an_aligned_ledger_keeps_no_entry_per_settled_invocation(store, redis, env_name):
+    ledger = spend(env_name, 1000)
+    for i in range(3):
+        await store.reserve(f"inv-{i}", HOUR_MS, [(ledger, 100)])
+        await store.settle(f"inv-{i}", HOUR_MS, [(ledger, 40)])
+
+    assert await store.balance(ledger) == Balance(used=120, reserved=0, in_flight=0)
+    window, reserved, amounts, _ = ledger.keys
+    assert await redis.exists(window, reserved, amounts) == 0
+
+
+async def test_every_key_written_has_a_ttl(store, redis, env_name):
+    tokens, dollars = session(env_name, 1000), spend(env_name, 1000)
+    await store.reserve("a", 5000, [(tokens, 10), (dollars, 10)])
+    await store.reserve("b", 5000, [(tokens, 10), (dollars, 10)])
+    await store.settle("a", 5000, [(tokens, 5), (dollars, 5)])
+
+    written = [k async for k in redis.scan_iter(match=keys.prefix(env_name) + "*")]
+    assert len(written) == 7  # an aligned ledger has no window set
+    for key in written:
+        assert 0 < await redis.pttl(key) <= 86_400_000, key
+
+
+async def test_concurrent_reserves_from_two_clients_never_pass_the_limit(store, infra, env_name):
+    other = aioredis.from_url(infra.redis_url)
+    try:
+        stores = [store, LedgerStore(other)]
+        ledger = session(env_name, 10 * 108)
+        refusals = await asyncio.gather(
+            *(stores[i % 2].reserve(f"inv-{i}", HOUR_MS, [(ledger, 108)]) for i in range(50))
+        )
+    finally:
+        await other.aclose()
+
+    assert sum(r is None for r in refusals) == 10
+    assert await store.balance(ledger) == Balance(used=0, reserved=1080, in_flight=10)
+
+
+async def _is(balance, expected: Balance) -> bool:
+    return await balance == expected

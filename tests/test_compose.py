@@ -78,11 +78,7 @@ def test_command_names_an_existing_module(name):
 
 @pytest.mark.parametrize(
     "name",
-    [
-        n
-        for n in PYTHON_SERVICES
-        if n != "simulator"
-    ],
+    [n for n in PYTHON_SERVICES if n != "simulator"],
 )
 def test_every_sb_variable_is_a_settings_field(name):
     service = SERVICES[name]

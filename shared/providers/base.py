@@ -64,8 +64,8 @@ class ProviderAdapter:
         self.spec = spec
         self.client = client
         self.url = spec.base_url.rstrip("/") + self.path
-        key = os.environ.get(spec.api_key_env, "") if spec.api_key_env else ""
-        self.headers = self.auth_headers(key)
+        self._key = os.environ.get(spec.api_key_env, "") if spec.api_key_env else ""
+        self.headers = self.auth_headers(self._key)
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         raise NotImplementedError
@@ -101,7 +101,7 @@ class ProviderAdapter:
             raise self._http_error(response)
         try:
             return self.parse(orjson.loads(response.content))
-        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
+        except Exception as exc:  # any shape we cannot read is the provider's fault: next tier
             raise ProviderCallError(
                 AttemptOutcome.MALFORMED, f"unreadable answer: {type(exc).__name__}", status_code=status
             ) from exc
@@ -109,6 +109,8 @@ class ProviderAdapter:
     def _http_error(self, response: httpx.Response) -> ProviderCallError:
         status = response.status_code
         message = _error_text(response)
+        if self._key and self._key in message:  # some providers echo the key they refused
+            message = message.replace(self._key, "***")
         if status == 429:
             return ProviderCallError(
                 AttemptOutcome.RATE_LIMITED,
@@ -139,5 +141,6 @@ def _error_text(response: httpx.Response) -> str:
         text = err.get("message") if isinstance(err, dict) else None
     except orjson.JSONDecodeError:
         text = None
-    text = text or response.reason_phrase or "error"
+    if not isinstance(text, str) or not text:
+        text = response.reason_phrase or "error"
     return f"HTTP {response.status_code}: {text[:MAX_ERROR_TEXT]}"

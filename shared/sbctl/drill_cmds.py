@@ -14,7 +14,7 @@ from shared.contracts import EventCountReply, EventCountRequest, Status
 from shared.live_config import ConfigStore
 from shared.policy import Policy, WorkflowSpec
 from shared.sbctl.output import emit_json, fail, table
-from shared.sbctl.provider_cmds import set_block
+from shared.sbctl.provider_cmds import fetch_status, set_block
 from shared.sdk import Client
 
 COMPLETED = {Status.SUCCESS, Status.FALLBACK}
@@ -47,7 +47,8 @@ async def _drive(client: Client, workflow: str, count: int, concurrency: int, ti
                 )
             except errors.SwitchboardError as exc:
                 return None, exc.code, (time.perf_counter() - t0) * 1000
-            return result, result.status.value, (time.perf_counter() - t0) * 1000
+            code = result.error.code if result.error else result.status.value
+            return result, code, (time.perf_counter() - t0) * 1000
 
     return await asyncio.gather(*(one(i) for i in range(count)))
 
@@ -90,25 +91,36 @@ async def provider_outage(args, settings) -> int:
         affected = {n: w for n, w in policy.workflows.items() if any(t.provider == provider for t in w.tiers)}
         if not affected:
             fail(f"no workflow uses {provider!r}; nothing to drill", code="not_found", as_json=args.json)
-        await set_block(settings, env, provider, True, "drill: provider-outage", args.json)
+        state = await fetch_status(settings, env, provider, args.json)
+        already_blocked = state.providers[0].blocked if state.providers else None
+        if not already_blocked:  # an operator's block (a real outage) is left as it is
+            await set_block(settings, env, provider, True, "drill: provider-outage", args.json)
         rows = []
         try:
             async with Client(settings.nats_url, env=env) as client:
                 for name, workflow in affected.items():
                     rows.append(await _judge(bus, env, client, name, workflow, provider, args))
         finally:
-            await set_block(settings, env, provider, False, "", args.json)
+            if not already_blocked:
+                await set_block(settings, env, provider, False, "", args.json)
     finally:
         await bus.drain(5)
     ok = all(r["verdict"] == "pass" for r in rows)
     if args.json:
         emit_json(
-            {"ok": ok, "provider": provider, "env": env, "config_version": doc.version, "workflows": rows}
+            {
+                "ok": ok,
+                "provider": provider,
+                "env": env,
+                "config_version": doc.version,
+                "left_blocked": bool(already_blocked),
+                "workflows": rows,
+            }
         )
     else:
+        after = f"still blocked ({already_blocked})" if already_blocked else "now unblocked"
         print(
-            f"drill provider-outage: {provider} blocked in env {env} "
-            f"(policy version {doc.version}), now unblocked"
+            f"drill provider-outage: {provider} blocked in env {env} (policy version {doc.version}), {after}"
         )
         print(
             table(

@@ -1,0 +1,116 @@
+"""`sbctl drill provider-outage` as an operator runs it: a subprocess against a running
+environment, blocking openai-sim, driving its workflows and reading the fallbacks back from
+the audit log; it passes when every workflow survives and fails, naming the problem, when the
+only fallback is broken too."""
+
+from __future__ import annotations
+
+import json
+
+from tests.support.fallback import events, provider, provider_status, sim_count
+from tests.support.helpers import run_sbctl
+
+DRILL = ("drill", "provider-outage", "--provider", "openai-sim", "--invocations", "10")
+
+
+async def test_drill_passes_with_fallbacks_recorded_and_unblocks(running):
+    await running.apply()
+
+    code, out, err = await run_sbctl(running.infra, *DRILL, "--env", running.env, timeout=60)
+
+    assert code == 0, out + err
+    lines = out.splitlines()
+    assert lines[0].startswith("drill provider-outage: openai-sim blocked in env " + running.env)
+    assert lines[-1] == "PASS"
+    triage = next(line.split() for line in lines if line.startswith("support-triage "))
+    # workflow, invocations, completed, completion, fallbacks_recorded, fallback_tier, p99, slo, verdict
+    assert triage[1:6] == ["10", "10", "100%", "10", "anthropic-sim/claude-sim-sonnet"]
+    assert triage[-1] == "pass"
+    assert await sim_count(running, "openai-sim") == 0, "a blocked provider was called"
+    assert provider(await provider_status(running), "openai-sim").blocked is None, "left blocked"
+    fallbacks = await events(running, kind="fallback")
+    drilled = [e for e in fallbacks if e["workflow"] == "support-triage"]
+    assert len(drilled) == 10
+    assert {(e["from_provider"], e["to_provider"], e["outcome"]) for e in drilled} == {
+        ("openai-sim", "anthropic-sim", "skipped")
+    }
+
+
+async def test_drill_json_reports_each_workflow(running):
+    await running.apply()
+
+    code, out, err = await run_sbctl(running.infra, *DRILL, "--env", running.env, "--json", timeout=60)
+
+    assert code == 0, out + err
+    report = json.loads(out)
+    assert report["ok"] is True
+    assert (report["provider"], report["env"]) == ("openai-sim", running.env)
+    rows = {r["workflow"]: r for r in report["workflows"]}
+    assert set(rows) == {"support-triage", "research-summary"}
+    assert rows["support-triage"]["fallbacks_recorded"] == 10
+    assert rows["support-triage"]["slo_p99_ms"] == 3000
+    # research-summary starts at anthropic-sim: blocking openai-sim costs it nothing
+    assert rows["research-summary"]["fallbacks_recorded"] == 0
+    assert rows["research-summary"]["completed"] == 10
+    assert all(r["verdict"] == "pass" for r in rows.values())
+
+
+async def test_drill_fails_naming_the_completion_problem_when_the_fallback_is_broken(running):
+    await running.apply()
+    await running.sim.control.add_fault("500", provider="anthropic-sim")  # until removed
+
+    code, out, err = await run_sbctl(running.infra, *DRILL, "--env", running.env, "--json", timeout=60)
+
+    assert code == 1, out + err
+    report = json.loads(out)
+    assert report["ok"] is False
+    rows = {r["workflow"]: r for r in report["workflows"]}
+    triage = rows["support-triage"]
+    assert triage["completed"] == 0
+    assert triage["verdict"].startswith("completion 0% ("), triage["verdict"]
+    assert rows["research-summary"]["verdict"].startswith("completion 0% (")
+    assert await sim_count(running, "openai-sim") == 0
+    assert provider(await provider_status(running), "openai-sim").blocked is None, "left blocked"
+
+
+async def test_drill_verdict_names_the_error_code_of_the_failed_invocations(running):
+    await running.apply()
+    await running.sim.control.add_fault("500", provider="anthropic-sim")
+
+    code, out, err = await run_sbctl(running.infra, *DRILL, "--env", running.env, "--json", timeout=60)
+
+    assert code == 1, out + err
+    triage = next(r for r in json.loads(out)["workflows"] if r["workflow"] == "support-triage")
+    assert "all_tiers_failed" in triage["verdict"], triage["verdict"]
+
+
+async def test_drill_fail_is_printed_for_people_too(running):
+    await running.apply()
+    await running.sim.control.add_fault("500", provider="anthropic-sim")
+
+    code, out, err = await run_sbctl(running.infra, *DRILL, "--env", running.env, timeout=60)
+
+    assert code == 1, out + err
+    assert out.splitlines()[-1].startswith("FAIL: ")
+    assert "completion 0%" in out
+
+
+async def test_drill_without_an_applied_version_says_so(running):
+    code, _, err = await run_sbctl(running.infra, *DRILL, "--env", running.env, timeout=60)
+
+    assert code == 1
+    assert "no policy version is applied" in err
+    assert "sbctl config apply" in err
+
+
+async def test_drill_leaves_an_operator_block_in_place(running):
+    await running.apply()
+    code, _, err = await run_sbctl(
+        running.infra, "provider", "block", "openai-sim", "--reason", "real outage", "--env", running.env
+    )
+    assert code == 0, err
+
+    code, out, err = await run_sbctl(running.infra, *DRILL, "--env", running.env, timeout=60)
+
+    assert code == 0, out + err
+    assert provider(await provider_status(running), "openai-sim").blocked == "real outage"

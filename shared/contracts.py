@@ -142,10 +142,12 @@ class Plan(Open):
 
 
 class TierOutcome(Strict):
-    """What one provider call did, reported to the router for cooldowns, circuits and quotas."""
+    """What provider calls did, reported to the router for cooldowns, circuits and quotas.
+    Failures are reported one by one; successes are summed per provider/model (`calls`)."""
 
-    invocation_id: str
-    workflow: str
+    invocation_id: str | None = None
+    calls: int = Field(default=1, ge=1)
+    workflow: str | None = None
     provider: str
     model: str
     outcome: AttemptOutcome

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from opentelemetry import trace
@@ -63,11 +64,18 @@ class Invocation:
 
     # --- the call ---------------------------------------------------------------------
 
-    async def execute(self) -> InvokeResult:
+    async def execute(self, first_call: Awaitable[None]) -> InvokeResult:
+        """Run the invocation; `first_call` (the idempotency check) is awaited alongside the
+        router and the budget, and raises if this id was seen before."""
         req = self.req
         self.estimate = tokens.estimate(req.messages)
-        plan, reservation = await asyncio.gather(self._plan(0), self._reserve())
-        self.reservation = reservation
+        answers = await asyncio.gather(first_call, self._plan(0), self._reserve(), return_exceptions=True)
+        _, plan, reservation = answers
+        if isinstance(reservation, Reservation):
+            self.reservation = reservation  # held until settled, even if something else failed
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
         if not reservation.allowed:
             return self._refused(reservation)
         params = CallParams(
@@ -184,8 +192,7 @@ class Invocation:
         )
 
     def _report(self, tier: PlannedTier, outcome: AttemptOutcome, latency_ms: float, **fields) -> None:
-        """Count the call, and tell the router (fire-and-forget) so cooldowns, circuits and quotas
-        follow real calls."""
+        """Count the call, and tell the router so cooldowns, circuits and quotas follow real calls."""
         metrics.PROVIDER_ATTEMPTS.labels(tier.provider, tier.model, outcome.value).inc()
         metrics.PROVIDER_LATENCY.labels(tier.provider, tier.model).observe(latency_ms / 1000)
         report = TierOutcome(
@@ -196,7 +203,7 @@ class Invocation:
             outcome=outcome,
             **fields,
         )
-        self.bus.spawn(self.bus.publish(names.router_outcome(self.env), report))
+        self.gw.outcomes.report(report)
 
     # --- control services -------------------------------------------------------------
 

@@ -10,8 +10,9 @@ from contextlib import AsyncExitStack
 import orjson
 from nats.aio.msg import Msg
 
-from services.gateway.idempotency import Idempotency
+from services.gateway.idempotency import Idempotency, Replay
 from services.gateway.invocation import Invocation
+from services.gateway.outcomes import OutcomeReporter
 from shared import codec, errors, names
 from shared.contracts import InvokeRequest, InvokeResult, Status
 from shared.providers import ProviderPool
@@ -39,6 +40,10 @@ class GatewayService(Service):
             self.providers.update(self.config.active.policy)
         self.config.on_change(lambda active: self.providers.update(active.policy))
         self.idempotency = Idempotency(self.redis, self.settings.env)
+        self.outcomes = OutcomeReporter(self.bus, self.settings.env)
+        for batcher in (self.idempotency.results, self.outcomes.successes):
+            batcher.start()
+            stack.push_async_callback(batcher.close)
         await self.bus.serve(
             names.invoke_wildcard(self.settings.env),
             names.GATEWAY_QUEUE,
@@ -58,20 +63,23 @@ class GatewayService(Service):
         if workflow is None:
             raise errors.UnknownWorkflow(f"no workflow named {req.workflow!r} in policy {active.version}")
         in_flight_ttl = sum(t.timeout_ms for t in workflow.tiers) / 1000 + 30
-        stored = await self.idempotency.begin(req.invocation_id, in_flight_ttl)
-        if stored is not None:
-            await self.bus.reply_raw(msg, stored)
-            return
         run = Invocation(self, req, active, workflow, started)
         try:
-            result = await run.execute()
+            result = await run.execute(self.idempotency.begin(req.invocation_id, in_flight_ttl))
+        except Replay as replay:  # a retry of a finished invocation: its first reply, nothing else
+            run.settle()
+            await self.bus.reply_raw(msg, replay.stored)
+            return
+        except errors.DuplicateInFlight:
+            run.settle()
+            raise
         except BaseException:
             run.settle()  # nothing was used: release the reservation now, not at its expiry
             await self.idempotency.forget(req.invocation_id)
             raise
         data = codec.encode(result)
         await self.bus.reply_raw(msg, data)
-        self.bus.spawn(self.idempotency.finish(req.invocation_id, data))
+        self.idempotency.finish(req.invocation_id, data)
         run.record(result)
 
     def _error_reply(self, exc: errors.SwitchboardError, raw: bytes) -> InvokeResult:

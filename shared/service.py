@@ -65,13 +65,18 @@ class Service:
             if self.uses_redis:
                 # One immediate retry covers a pooled connection made stale by a Redis restart;
                 # the client's default (ten, with backoff) would hold callers for seconds.
-                self.redis = aioredis.from_url(
+                # A blocking pool: under a burst, callers wait briefly for a connection instead of
+                # failing with "too many connections" as the default pool does.
+                pool = aioredis.BlockingConnectionPool.from_url(
                     s.redis_url,
+                    max_connections=s.redis_max_connections,
+                    timeout=1.0,
                     socket_timeout=1.0,
                     socket_connect_timeout=1.0,
                     health_check_interval=10,
                     retry=Retry(NoBackoff(), 1),
                 )
+                self.redis = aioredis.Redis.from_pool(pool)
                 stack.push_async_callback(self.redis.aclose)
             if self.uses_database:
                 self.db = await asyncpg.create_pool(s.database_url, min_size=1, max_size=8, timeout=5.0)

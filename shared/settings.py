@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     http_port: int = 0
     max_payload_bytes: int = 1_048_576
     max_inflight: int = 512
+    redis_max_connections: int = 128
     request_timeout_s: float = 2.0
     drain_timeout_s: float = 20.0
     log_level: str = "INFO"

@@ -27,6 +27,7 @@ class Batcher(Generic[T]):
         self._max_items = max_items
         self._items: list[T] = []
         self._full = asyncio.Event()
+        self._closing = False
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -38,7 +39,7 @@ class Batcher(Generic[T]):
             self._full.set()
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 await asyncio.wait_for(self._full.wait(), self._interval_s)
             except TimeoutError:
@@ -58,8 +59,11 @@ class Batcher(Generic[T]):
             )
 
     async def close(self) -> None:
+        # A flag and a wake-up, not task.cancel(): on Python 3.11 wait_for() can swallow a
+        # cancellation that lands as its inner wait completes, and the loop would run on.
+        self._closing = True
+        self._full.set()
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await self._task
             self._task = None
         await self._drain()

@@ -129,6 +129,9 @@ class Invocation:
             error = errors.AllTiersFailed(f"every tier of {req.workflow!r} failed")
         return self._result(Status.ERROR, attempts=attempts, error=errors.to_wire(error))
 
+    def failed(self, exc: errors.SwitchboardError) -> InvokeResult:
+        return self._result(Status.ERROR, error=errors.to_wire(exc))
+
     def _refused(self, reservation: Reservation) -> InvokeResult:
         breach = reservation.breach
         return self._result(

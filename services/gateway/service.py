@@ -73,6 +73,15 @@ class GatewayService(Service):
         except errors.DuplicateInFlight:
             run.settle()
             raise
+        except errors.SwitchboardError as exc:
+            # Refused by a dependency (the budget unavailable and the workflow fail_closed, a router
+            # error): answered, logged and recorded like any invocation, and retryable by its id.
+            run.settle()
+            await self.idempotency.forget(req.invocation_id)
+            result = run.failed(exc)
+            await self.bus.reply(msg, result)
+            run.record(result)
+            return
         except BaseException:
             run.settle()  # nothing was used: release the reservation now, not at its expiry
             await self.idempotency.forget(req.invocation_id)

@@ -1,0 +1,261 @@
+"""The benchmark's load generator: a separate asyncio process driven over stdin/stdout.
+
+Each input line is a JSON command; each output line a JSON answer. `run` keeps `concurrency`
+closed-loop workers busy for `duration` seconds against one target and answers with the count,
+latency percentiles, a tally of outcomes and the generator's own CPU time, so the benchmark can
+tell when the generator (and not the system under test) is the limit.
+
+Targets: `http` (aiohttp, one pooled session per URL: a direct call to the simulator or a call
+through LiteLLM) and `nats` (raw nats-py request/reply to the gateway; the InvokeRequest JSON
+is built with orjson, a unique invocation id each, and the reply read with orjson: see
+`codec_cost`, which measures what the SDK's pydantic path would cost instead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import sys
+import time
+import uuid
+from collections import Counter
+
+import aiohttp
+import nats
+import orjson
+
+PROMPT = "Classify: app crashes when uploading a 2 GB file."
+MAX_TOKENS = 64
+REQUEST_TIMEOUT_S = 30.0
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    """Nearest-rank percentiles of latency samples (ms)."""
+    if not samples:
+        return {}
+    s = sorted(samples)
+    n = len(s)
+
+    def at(q: float) -> float:
+        return round(s[min(n - 1, max(0, int(q * n + 0.5) - 1))], 3)
+
+    return {
+        "p50": at(0.50),
+        "p90": at(0.90),
+        "p99": at(0.99),
+        "p999": at(0.999),
+        "max": round(s[-1], 3),
+        "mean": round(sum(s) / n, 3),
+    }
+
+
+class Generator:
+    def __init__(self) -> None:
+        self.sessions: dict[str, aiohttp.ClientSession] = {}
+        self.nc = None
+        self.ids = itertools.count()
+        self.id_prefix = f"bench-{uuid.uuid4().hex[:8]}-"
+
+    async def close(self) -> None:
+        for session in self.sessions.values():
+            await session.close()
+        if self.nc is not None:
+            await self.nc.close()
+
+    async def _http_call(self, target: dict):
+        session = self.sessions.get(target["url"])
+        if session is None:
+            connector = aiohttp.TCPConnector(limit=0, force_close=False)
+            timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+            session = self.sessions[target["url"]] = aiohttp.ClientSession(
+                connector=connector, timeout=timeout
+            )
+        url, headers = target["url"], target["headers"]
+        body = target["body"].encode()
+        by_model = target.get("by_model", False)
+
+        async def call() -> str:
+            async with session.post(url, data=body, headers=headers) as response:
+                data = await response.read()
+            if by_model and response.status == 200:
+                return f"200/{orjson.loads(data).get('model')}"
+            return str(response.status)
+
+        return call
+
+    async def _nats_call(self, target: dict, worker: int, inside: dict[str, list[float]]):
+        """`inside` collects what the gateway says of each expected reply: its own latency and
+        the time its provider calls took."""
+        if self.nc is None:
+            self.nc = await nats.connect(target["nats_url"], name="switchboard-bench-loadgen")
+        nc, subject, ids, prefix = self.nc, target["subject"], self.ids, self.id_prefix
+        template = {
+            "workflow": target["workflow"],
+            "session_id": f"bench-w{worker}",
+            "agent": "bench",
+            "messages": [{"role": "user", "content": PROMPT}],
+            "max_tokens": MAX_TOKENS,
+        }
+
+        gateway_ms, provider_ms, expect = inside["gateway"], inside["provider"], set(target["expect"])
+
+        async def call() -> str:
+            template["invocation_id"] = f"{prefix}{next(ids)}"
+            msg = await nc.request(subject, orjson.dumps(template), timeout=REQUEST_TIMEOUT_S)
+            reply = orjson.loads(msg.data)
+            attempts = reply.get("attempts") or ()
+            if attempts:
+                outcome = f"{reply.get('status')}/{attempts[0].get('outcome')}"
+            else:  # refused before any provider call: say why
+                outcome = f"{reply.get('status')}/{(reply.get('error') or {}).get('code', '-')}"
+            if outcome in expect:
+                gateway_ms.append(reply.get("latency_ms") or 0.0)
+                provider_ms.append(sum(a.get("latency_ms") or 0.0 for a in attempts))
+            return outcome
+
+        return call
+
+    async def run(self, cmd: dict) -> dict:
+        target, concurrency, duration = cmd["target"], cmd["concurrency"], cmd["duration"]
+        calls = []
+        inside: dict[str, list[float]] = {"gateway": [], "provider": []}
+        for worker in range(concurrency):
+            if target["kind"] == "http":
+                calls.append(await self._http_call(target))
+            else:
+                calls.append(await self._nats_call(target, worker, inside))
+        latencies: list[float] = []
+        tally: Counter[str] = Counter()
+        expect = set(target["expect"])
+        clock = time.perf_counter
+
+        async def worker(call, deadline: float) -> None:
+            while clock() < deadline:
+                t0 = clock()
+                try:
+                    outcome = await call()
+                except Exception as exc:  # every failure is counted, none stops the run
+                    outcome = f"exception:{type(exc).__name__}"
+                if outcome in expect:
+                    latencies.append((clock() - t0) * 1000)
+                tally[outcome] += 1
+
+        cpu0, t0 = time.process_time(), clock()
+        deadline = t0 + duration
+        await asyncio.gather(*(worker(call, deadline) for call in calls))
+        elapsed = clock() - t0
+        cpu = time.process_time() - cpu0
+        ok = len(latencies)
+        total = sum(tally.values())
+        return {
+            "ok": ok,
+            "total": total,
+            "errors": total - ok,
+            "elapsed_s": round(elapsed, 4),
+            "throughput": round(ok / elapsed, 2) if elapsed else 0.0,
+            "latency_ms": percentiles(latencies),
+            "gateway_ms": percentiles(inside["gateway"]),
+            "provider_ms": percentiles(inside["provider"]),
+            "tally": dict(tally),
+            "loadgen_cpu_s": round(cpu, 3),
+            "loadgen_cpu_pct": round(100 * cpu / elapsed, 1) if elapsed else 0.0,
+        }
+
+
+def codec_cost(rounds: int = 3000) -> dict[str, float]:
+    """Microseconds per request to build an InvokeRequest and read an InvokeResult: orjson dicts
+    (what this generator does) against the SDK's pydantic models and codec."""
+    from shared import codec
+    from shared.contracts import InvokeRequest, InvokeResult, Message
+
+    reply = orjson.dumps(
+        {
+            "invocation_id": "x",
+            "status": "success",
+            "workflow": "support-triage",
+            "provider": "openai-sim",
+            "model": "gpt-sim-large",
+            "output": "[openai-sim/gpt-sim-large] " + "word " * 30,
+            "finish_reason": "stop",
+            "usage": {"prompt_tokens": 17, "completion_tokens": 30},
+            "latency_ms": 1.2,
+            "attempts": [
+                {"tier": 0, "provider": "openai-sim", "model": "gpt-sim-large", "outcome": "ok"},
+            ],
+            "trace_id": "0" * 32,
+            "config_version": "1",
+        }
+    )
+    template = {
+        "workflow": "support-triage",
+        "session_id": "s",
+        "agent": "bench",
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": MAX_TOKENS,
+    }
+
+    def with_orjson(i: int) -> None:
+        template["invocation_id"] = f"bench-{i}"
+        orjson.dumps(template)
+        reply_doc = orjson.loads(reply)
+        reply_doc.get("status")
+
+    def with_sdk(i: int) -> None:
+        request = InvokeRequest(
+            invocation_id=uuid.uuid4().hex,
+            workflow="support-triage",
+            session_id="s",
+            agent="bench",
+            messages=[Message(role="user", content=PROMPT)],
+            max_tokens=MAX_TOKENS,
+            metadata={},
+        )
+        codec.encode(request)
+        codec.decode(reply, InvokeResult)
+
+    out = {}
+    for name, fn in (("orjson_us", with_orjson), ("sdk_pydantic_us", with_sdk)):
+        for i in range(200):
+            fn(i)
+        t0 = time.perf_counter()
+        for i in range(rounds):
+            fn(i)
+        out[name] = round((time.perf_counter() - t0) / rounds * 1e6, 2)
+    return out
+
+
+async def serve() -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    gen = Generator()
+
+    def answer(doc: dict) -> None:
+        sys.stdout.write(orjson.dumps(doc).decode() + "\n")
+        sys.stdout.flush()
+
+    answer({"ready": True, "pid": os.getpid(), "codec_cost": codec_cost()})
+    try:
+        while line := await reader.readline():
+            cmd = orjson.loads(line)
+            if cmd["op"] == "quit":
+                break
+            answer(await gen.run(cmd))
+    finally:
+        await gen.close()
+
+
+def main() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        loop_factory = None
+    else:
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve())
+
+
+if __name__ == "__main__":
+    main()

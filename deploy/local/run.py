@@ -163,13 +163,10 @@ def main() -> None:
     log_dir = REPO / ".run" / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     procs = Processes(log_dir)
-    stop = False
-
-    def on_signal(*_):
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_signal)
+    # Ctrl-C and SIGTERM both end the run at once, whatever it is doing, and every process it
+    # started is stopped. SIGINT is set explicitly: a shell starts background jobs with it ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         for name in SERVICES:
             procs.start(name, env)
@@ -195,8 +192,9 @@ def main() -> None:
         if args.exit_after_demo:
             return
         log("serving: gateway metrics at http://127.0.0.1:9101/metrics; Ctrl-C to stop")
-        while not stop and all(p.poll() is None for p in procs.procs.values()):
+        while all(p.poll() is None for p in procs.procs.values()):
             time.sleep(0.5)
+        log("a service exited; stopping the rest")
     except KeyboardInterrupt:
         pass
     finally:

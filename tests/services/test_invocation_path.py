@@ -51,3 +51,26 @@ async def test_primary_429_falls_back_to_the_next_tier(running):
         (1, AttemptOutcome.OK),
     ]
     assert result.attempts[0].status_code == 429
+
+
+async def test_trace_context_travels_from_the_sdk_through_the_gateway_to_the_budget(running):
+    client = await running.client()
+    result = await client.invoke("support-triage", "too long", max_tokens=50_000, session_id="s-trace")
+    assert result.status is Status.BUDGET_EXCEEDED
+
+    async def breach_event():
+        conn = await asyncpg.connect(running.infra.database_url)
+        try:
+            return await conn.fetchrow(
+                "select service, trace_id from events where env = $1 and invocation_id = $2 and kind = $3",
+                running.env,
+                result.invocation_id,
+                "budget_breach",
+            )
+        finally:
+            await conn.close()
+
+    event = await wait_for(breach_event, message="the budget's breach event")
+    # The budget service emitted it inside the span it opened from the gateway's NATS headers,
+    # which the gateway opened from the SDK's: one trace id across three processes' hops.
+    assert (event["service"], event["trace_id"]) == ("budget", result.trace_id)

@@ -46,11 +46,11 @@ test: infra ## run the test suite (PYTEST_ARGS=... to pass options)
 lint: setup ## ruff lint + format check
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 
-bench: setup ## run the benchmark
-	$(PY) bench/run.py
+bench: setup ## run the benchmark (BENCH_ARGS=... to pass options, e.g. --duration 5)
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 bench-compare: setup ## run the benchmark against LiteLLM for comparison
-	$(PY) bench/run.py --compare-litellm
+	$(PY) bench/run.py --compare-litellm $(BENCH_ARGS)
 
 clean: ## remove caches and build artefacts (keeps .venv)
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -print0 | xargs -0 rm -rf

@@ -62,6 +62,7 @@ class Bus:
         max_payload: int = 1_048_576,
         max_inflight: int = 512,
         connect_timeout: float = 2.0,
+        first_connect_s: float = 10.0,
     ) -> Bus:
         async def on_error(exc: Exception) -> None:
             log.warning("nats error", extra={"error": repr(exc)})
@@ -73,18 +74,26 @@ class Bus:
         async def on_reconnect() -> None:
             log.info("nats reconnected")
 
-        nc = await nats.connect(
-            url,
-            name=f"switchboard-{service}-{env}",
-            connect_timeout=connect_timeout,
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            error_cb=on_error,
-            disconnected_cb=on_disconnect,
-            reconnected_cb=on_reconnect,
-            drain_timeout=5,
-        )
+        # Reconnect forever once connected, but give up on the first connection after a while:
+        # with unlimited attempts nats-py would otherwise retry an unreachable server forever.
+        try:
+            nc = await asyncio.wait_for(
+                nats.connect(
+                    url,
+                    name=f"switchboard-{service}-{env}",
+                    connect_timeout=connect_timeout,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    error_cb=on_error,
+                    disconnected_cb=on_disconnect,
+                    reconnected_cb=on_reconnect,
+                    drain_timeout=5,
+                ),
+                timeout=first_connect_s,
+            )
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
+            raise errors.Unavailable(f"cannot reach NATS at {url} within {first_connect_s:g}s") from exc
         return cls(nc, env=env, service=service, max_payload=max_payload, max_inflight=max_inflight)
 
     @property

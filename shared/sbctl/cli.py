@@ -8,8 +8,9 @@ import inspect
 import os
 import sys
 
-from shared import names
+from shared import errors, names
 from shared.sbctl import budget_cmds, config_cmds, drill_cmds, invoke_cmds, provider_cmds
+from shared.sbctl.output import fail
 from shared.settings import Settings
 
 
@@ -112,5 +113,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     settings = Settings(env=args.env)
     func = args.func
-    code = asyncio.run(func(args, settings)) if inspect.iscoroutinefunction(func) else func(args)
+    try:
+        code = asyncio.run(func(args, settings)) if inspect.iscoroutinefunction(func) else func(args)
+    except errors.SwitchboardError as exc:  # e.g. NATS unreachable: a coded error, not a traceback
+        fail(exc.message, code=exc.code, as_json=args.json)
     raise SystemExit(code)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Sequence
 
@@ -36,10 +37,12 @@ class Client:
         env: str | None = None,
         agent: str | None = None,
         default_timeout: float = 60.0,
+        connect_timeout: float = 5.0,
     ) -> None:
         settings = Settings()
         self.nats_url = nats_url or settings.nats_url
         self.env = names.check_env(env or settings.env)
+        self.connect_timeout = connect_timeout
         self.agent = agent
         self.default_timeout = default_timeout
         self._nc: NATS | None = None
@@ -47,12 +50,17 @@ class Client:
     async def connect(self) -> Client:
         if self._nc is None or self._nc.is_closed:
             try:
-                self._nc = await nats.connect(
-                    self.nats_url,
-                    name=f"switchboard-sdk-{self.env}",
-                    connect_timeout=2,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
+                # Unlimited reconnects once connected; a bounded wait for the first connection
+                # (nats-py would otherwise retry an unreachable server forever).
+                self._nc = await asyncio.wait_for(
+                    nats.connect(
+                        self.nats_url,
+                        name=f"switchboard-sdk-{self.env}",
+                        connect_timeout=2,
+                        max_reconnect_attempts=-1,
+                        reconnect_time_wait=0.5,
+                    ),
+                    timeout=self.connect_timeout,
                 )
             except Exception as exc:  # nats-py raises several types for an unreachable server
                 raise errors.ControlPlaneUnavailable(

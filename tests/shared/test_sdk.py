@@ -1,0 +1,49 @@
+"""The agent SDK: async and blocking clients against real services, and the unreachable plane."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import orjson
+import pytest
+
+from shared.contracts import Status
+from shared.errors import ControlPlaneUnavailable
+from shared.sdk import Client, SyncClient
+
+
+async def test_the_blocking_client_invokes_from_a_thread_without_a_loop(running):
+    def blocking_call():
+        with SyncClient(running.infra.nats_url, env=running.env, agent="sync-agent") as sb:
+            return sb.invoke("support-triage", [{"role": "user", "content": "hi"}], session_id="s-sync")
+
+    # A thread of its own: the services answer from this test's event loop.
+    result = await asyncio.to_thread(blocking_call)
+
+    assert result.status is Status.SUCCESS
+    assert result.output.startswith("[openai-sim/gpt-sim-large] ")
+
+
+async def test_no_gateway_is_control_plane_unavailable(stack):
+    async with Client(stack.infra.nats_url, env=stack.env) as sb:  # nothing serves this env
+        with pytest.raises(ControlPlaneUnavailable) as caught:
+            await sb.invoke("support-triage", "hello", timeout=2)
+    assert caught.value.code == "control_plane_unavailable"
+
+
+async def test_an_unreachable_nats_is_control_plane_unavailable_within_the_connect_timeout():
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(ControlPlaneUnavailable):
+        await Client("nats://127.0.0.1:1", env="dev", connect_timeout=1.0).connect()
+    assert asyncio.get_running_loop().time() - started < 5
+
+
+async def test_sbctl_with_nats_unreachable_fails_with_a_code_instead_of_hanging(infra, env_name):
+    from tests.support.helpers import run_sbctl
+
+    unreachable = replace(infra, nats_url="nats://127.0.0.1:1")
+    code, out, _ = await run_sbctl(unreachable, "config", "show", "--env", env_name, "--json", timeout=30)
+
+    assert code == 1
+    assert orjson.loads(out)["error"]["code"] == "unavailable"

@@ -4,7 +4,9 @@ simulator and Redis key prefix, cleaned up afterwards."""
 from __future__ import annotations
 
 import pytest
+import redis.asyncio as aioredis
 
+from shared import keys
 from tests.support import infra as infra_support
 from tests.support.stack import Simulator, Stack, copy_policy, new_env
 
@@ -21,6 +23,17 @@ def infra() -> infra_support.Infra:
 @pytest.fixture
 def env_name() -> str:
     return new_env()
+
+
+@pytest.fixture
+async def redis(infra, env_name):
+    """A client of the test's Redis; every key under the test's env prefix is removed after."""
+    client = aioredis.from_url(infra.redis_url)
+    yield client
+    stale = [k async for k in client.scan_iter(match=keys.prefix(env_name) + "*")]
+    if stale:
+        await client.delete(*stale)
+    await client.aclose()
 
 
 @pytest.fixture

@@ -68,7 +68,7 @@ class Invocation:
         """Run the invocation; `first_call` (the idempotency check) is awaited alongside the
         router and the budget, and raises if this id was seen before."""
         req = self.req
-        self.estimate = tokens.estimate(req.messages)
+        self.estimate = self._estimate()
         answers = await asyncio.gather(first_call, self._plan(0), self._reserve(), return_exceptions=True)
         _, plan, reservation = answers
         if isinstance(reservation, Reservation):
@@ -255,13 +255,15 @@ class Invocation:
             ],
         )
 
+    def _estimate(self) -> int:
+        """Prompt tokens, as the densest tokenizer of any tier that may answer would count them."""
+        providers = self.active.policy.providers
+        families = {providers[t.provider].models[t.model].tokenizer for t in self.workflow.tiers} | {None}
+        return max(tokens.estimate(self.req.messages, family) for family in families)
+
     async def _reserve(self) -> Reservation:
         """The budget's decision; when it cannot be had, the workflow's `on_unavailable` mode."""
         req = self.req
-        providers = self.active.policy.providers
-        families = {providers[t.provider].models[t.model].tokenizer for t in self.workflow.tiers} - {None}
-        if families:  # any tier may answer: estimate as the densest of their tokenizers counts
-            self.estimate = max(self.estimate, *(tokens.estimate(req.messages, f) for f in families))
         try:
             reservation = await self.bus.request(
                 names.budget_reserve(self.env),

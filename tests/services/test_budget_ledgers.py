@@ -16,16 +16,6 @@ HOUR_MS = 3_600_000
 
 
 @pytest.fixture
-async def redis(infra, env_name):
-    client = aioredis.from_url(infra.redis_url)
-    yield client
-    stale = [k async for k in client.scan_iter(match=keys.prefix(env_name) + "*")]
-    if stale:
-        await client.delete(*stale)
-    await client.aclose()
-
-
-@pytest.fixture
 def store(redis) -> LedgerStore:
     return LedgerStore(redis)
 

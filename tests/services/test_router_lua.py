@@ -4,23 +4,12 @@ against a real Redis under a key prefix of their own (a fresh SB_ENV), cleaned a
 from __future__ import annotations
 
 import pytest
-import redis.asyncio as aioredis
 
 from services.router.health import ProviderHealth, TierCheck
 from shared import keys
 from shared.contracts import AttemptOutcome, TierOutcome
 from shared.policy import Policy
 from tests.support.fallback import steady_minute
-
-
-@pytest.fixture
-async def redis(infra, env_name):
-    client = aioredis.from_url(infra.redis_url)
-    yield client
-    stale = [k async for k in client.scan_iter(match=keys.prefix(env_name) + "*")]
-    if stale:
-        await client.delete(*stale)
-    await client.aclose()
 
 
 @pytest.fixture

@@ -144,6 +144,9 @@ class Bus:
             task.add_done_callback(self._inflight.discard)
 
         self._subs.append(await self.nc.subscribe(subject, queue=queue, cb=dispatch))
+        # The server must have taken the subscription before the service says it is ready:
+        # otherwise a request sent right after start-up can meet "no responders".
+        await self.nc.flush()
 
     async def _handle(self, msg, request_model, handler, on_error) -> None:
         ctx = tracing.extract(msg.headers)

@@ -28,11 +28,13 @@ from opentelemetry.trace import SpanKind
 from pydantic import BaseModel
 
 from shared import codec, errors, names
+from shared.contracts import Event
 from shared.telemetry import metrics, tracing
 
 log = logging.getLogger("switchboard.bus")
 M = TypeVar("M", bound=BaseModel)
 R = TypeVar("R", bound=BaseModel)
+E = TypeVar("E", bound=Event)
 
 EVENTS_MAX_AGE_S = 7 * 24 * 3600  # the stream is a buffer; PostgreSQL keeps the 90 days
 PUBLISH_RETRY_S = 30.0
@@ -194,23 +196,34 @@ class Bus:
 
     # --- events -----------------------------------------------------------------------
 
-    def event(self, kind: str, **fields) -> dict:
-        """A new event envelope of this service, in the current trace."""
-        return {
-            "event_id": uuid.uuid4().hex,
-            "kind": kind,
-            "ts": time.time(),
-            "env": self.env,
-            "service": self.service,
-            "trace_id": fields.pop("trace_id", None) or tracing.trace_id_hex(),
-            **fields,
-        }
+    def stamp(self, event: E) -> E:
+        """The event with this service's envelope: a new id, the time, env, service, and the
+        current trace unless the emitter named one."""
+        return event.model_copy(
+            update={
+                "event_id": uuid.uuid4().hex,
+                "ts": time.time(),
+                "env": self.env,
+                "service": self.service,
+                "trace_id": event.trace_id or tracing.trace_id_hex(),
+            }
+        )
 
-    async def emit(self, kind: str, **fields) -> None:
-        """Publish an event durably (JetStream ack, de-duplicated by event id), retrying a while."""
-        event = self.event(kind, **fields)
-        data = codec.dumps(event)
-        headers = tracing.inject({"Nats-Msg-Id": event["event_id"]})
+    async def emit(self, event: E) -> E:
+        """Publish an event durably (JetStream ack, de-duplicated by event id), retrying a while;
+        returns it as sent."""
+        stamped = self.stamp(event)
+        await self._publish_event(stamped)
+        return stamped
+
+    def emit_later(self, event: Event) -> None:
+        """Emit in the background (stamped now); `drain()` waits for it."""
+        self.spawn(self._publish_event(self.stamp(event)))
+
+    async def _publish_event(self, event: Event) -> None:
+        kind = event.kind.value
+        data = codec.encode(event)
+        headers = tracing.inject({"Nats-Msg-Id": event.event_id})
         deadline = time.monotonic() + PUBLISH_RETRY_S
         delay = 0.1
         while True:
@@ -222,15 +235,11 @@ class Bus:
                 if time.monotonic() + delay > deadline:
                     metrics.EVENT_PUBLISH_FAILURES.labels(kind).inc()
                     log.error(
-                        "event lost", extra={"kind": kind, "event_id": event["event_id"], "error": repr(exc)}
+                        "event lost", extra={"kind": kind, "event_id": event.event_id, "error": repr(exc)}
                     )
                     return
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
-
-    def emit_later(self, kind: str, **fields) -> None:
-        """Emit in the background; `drain()` waits for it."""
-        self.spawn(self.emit(kind, **fields))
 
     def spawn(self, coro: Awaitable) -> None:
         task = asyncio.ensure_future(coro)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import TypeVar
 
 import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from shared.contracts import AnyEvent, Event
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -24,17 +26,38 @@ def encode(obj: BaseModel | dict | list) -> bytes:
     return orjson.dumps(obj)
 
 
+_EVENT = TypeAdapter(AnyEvent)
+_STAMPED = ("event_id", "ts", "env", "service")  # what the emitting bus fills in
+
+
 def decode(data: bytes, model: type[M]) -> M:
     try:
         return model.model_validate_json(data)
     except ValidationError as exc:
-        details = [
-            {"loc": ".".join(str(p) for p in err["loc"]), "msg": err["msg"]}
-            for err in exc.errors(include_url=False, include_input=False)
-        ]
-        first = details[0] if details else {"loc": "", "msg": "invalid"}
-        where = f" at {first['loc']}" if first["loc"] else ""
-        raise DecodeError(f"invalid message{where}: {first['msg']}", details=details) from exc
+        raise _invalid(exc) from exc
+
+
+def decode_event(data: bytes) -> Event:
+    """An event as its kind's model; an unknown kind, a missing field or an unstamped envelope
+    is a `DecodeError`."""
+    try:
+        event = _EVENT.validate_json(data)
+    except ValidationError as exc:
+        raise _invalid(exc) from exc
+    missing = [name for name in _STAMPED if not getattr(event, name)]
+    if missing:
+        raise DecodeError(f"invalid event: envelope lacks {', '.join(missing)}")
+    return event
+
+
+def _invalid(exc: ValidationError) -> DecodeError:
+    details = [
+        {"loc": ".".join(str(p) for p in err["loc"]), "msg": err["msg"]}
+        for err in exc.errors(include_url=False, include_input=False)
+    ]
+    first = details[0] if details else {"loc": "", "msg": "invalid"}
+    where = f" at {first['loc']}" if first["loc"] else ""
+    return DecodeError(f"invalid message{where}: {first['msg']}", details=details)
 
 
 def loads(data: bytes | str) -> object:

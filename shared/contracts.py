@@ -277,6 +277,164 @@ class BudgetShowReply(Open):
     error: ErrorInfo | None = None
 
 
+# --- events (JetStream sb.<env>.events.<kind>) -----------------------------------------
+
+
+class EventKind(StrEnum):
+    INVOCATION = "invocation"  # one per answered invocation: the audit row
+    ATTEMPT = "attempt"  # one per provider call
+    FALLBACK = "fallback"  # a tier gave way to the next one
+    RATE_LIMIT = "rate_limit"  # a provider 429 or a local quota skipped a tier
+    CIRCUIT = "circuit"  # a provider's circuit opened
+    BUDGET_BREACH = "budget_breach"  # a budget ceiling refused an invocation
+    BUDGET_UNAVAILABLE = "budget_unavailable"  # the budget could not be asked; the workflow's mode applied
+    CONFIG = "config"  # a policy version was applied
+    PROVIDER_BLOCK = "provider_block"  # an operator blocked or unblocked a provider
+
+
+class Event(Open):
+    """Common envelope of every event. The bus stamps `event_id`, `ts`, `env`, `service` (and
+    `trace_id` from the current span) when it emits; the emitter names the policy version it
+    acted under. Readers require the stamped fields (see `codec.decode_event`)."""
+
+    kind: EventKind
+    event_id: str = ""
+    ts: float = 0.0
+    env: str = ""
+    service: str = ""
+    trace_id: str | None = None
+    config_version: str
+
+
+class InvocationEvent(Event):
+    kind: Literal[EventKind.INVOCATION] = EventKind.INVOCATION
+    invocation_id: str
+    workflow: str
+    session_id: str | None = None
+    agent: str | None = None
+    status: Status
+    provider: str | None = None
+    model: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    max_tokens: int | None = None  # what the caller asked for (None: the workflow's ceiling)
+    estimated_prompt_tokens: int = 0
+    latency_ms: float = 0.0
+    attempts: list[Attempt] = Field(default_factory=list)
+    error: ErrorInfo | None = None
+    metadata: dict[str, MetadataValue] = Field(default_factory=dict)
+    message_count: int = 0
+    output_chars: int = 0
+
+
+class AttemptEvent(Event):
+    kind: Literal[EventKind.ATTEMPT] = EventKind.ATTEMPT
+    invocation_id: str
+    workflow: str
+    tier: int
+    provider: str
+    model: str
+    outcome: AttemptOutcome
+    latency_ms: float = 0.0
+    status_code: int | None = None
+    reason: str | None = None
+
+
+class FallbackEvent(Event):
+    kind: Literal[EventKind.FALLBACK] = EventKind.FALLBACK
+    invocation_id: str
+    workflow: str
+    from_tier: int
+    from_provider: str
+    from_model: str
+    to_tier: int
+    to_provider: str
+    to_model: str
+    reason: str
+    outcome: AttemptOutcome  # what the tier given up did (skipped, rate_limited, ...)
+    source: str | None = None  # why it was skipped: blocked | cooldown | circuit_open | local_quota
+
+
+class RateLimitSource(StrEnum):
+    PROVIDER_429 = "provider_429"  # the provider answered 429
+    LOCAL_QUOTA = "local_quota"  # our own per-minute quota for the provider/model ran out
+
+
+class RateLimitEvent(Event):
+    kind: Literal[EventKind.RATE_LIMIT] = EventKind.RATE_LIMIT
+    invocation_id: str | None = None
+    workflow: str | None = None
+    provider: str
+    model: str
+    source: RateLimitSource
+    detail: str | None = None
+    retry_after_s: float | None = None
+    cooldown: bool | None = None  # whether the provider's cooldown applies
+
+
+class CircuitEvent(Event):
+    kind: Literal[EventKind.CIRCUIT] = EventKind.CIRCUIT
+    invocation_id: str | None = None  # the call whose failure opened it
+    provider: str
+    state: Literal["open"]
+    failures: int
+    open_s: float
+
+
+class BudgetBreachEvent(Event):
+    kind: Literal[EventKind.BUDGET_BREACH] = EventKind.BUDGET_BREACH
+    invocation_id: str
+    workflow: str
+    session_id: str | None = None
+    scope: BudgetScope
+    estimated_tokens: int
+    ceiling: float
+    remaining: float
+    message: str
+
+
+class BudgetUnavailableEvent(Event):
+    kind: Literal[EventKind.BUDGET_UNAVAILABLE] = EventKind.BUDGET_UNAVAILABLE
+    invocation_id: str
+    workflow: str
+    session_id: str | None = None
+    mode: Literal["fail_closed", "allow"]  # the workflow's `budget.on_unavailable`
+    reason: str
+
+
+class ConfigEvent(Event):
+    kind: Literal[EventKind.CONFIG] = EventKind.CONFIG
+    action: Literal["applied"]
+    version: int
+    applied_at: float
+    applied_by: str | None = None
+    checksum: str
+    source: str | None = None
+    policy: dict
+
+
+class ProviderBlockEvent(Event):
+    kind: Literal[EventKind.PROVIDER_BLOCK] = EventKind.PROVIDER_BLOCK
+    provider: str
+    blocked: bool
+    reason: str
+    by: str | None = None
+
+
+AnyEvent = Annotated[
+    InvocationEvent
+    | AttemptEvent
+    | FallbackEvent
+    | RateLimitEvent
+    | CircuitEvent
+    | BudgetBreachEvent
+    | BudgetUnavailableEvent
+    | ConfigEvent
+    | ProviderBlockEvent,
+    Field(discriminator="kind"),
+]
+
+
 # --- recorder -------------------------------------------------------------------------
 
 
@@ -285,7 +443,7 @@ class TraceRequest(Strict):
 
 
 class EventCountRequest(Strict):
-    kind: str
+    kind: EventKind
     invocation_ids: list[str] = Field(max_length=10_000)
 
 
@@ -299,21 +457,6 @@ class EventCountReply(Open):
 class TraceReply(Open):
     invocation_id: str
     found: bool
-    invocation: dict | None = None
-    events: list[dict] = Field(default_factory=list)
+    invocation: InvocationEvent | None = None
+    events: list[AnyEvent] = Field(default_factory=list)
     error: ErrorInfo | None = None
-
-
-# --- events (JetStream sb.<env>.events.<kind>) -----------------------------------------
-
-
-class Event(Open):
-    """Common envelope: every event has these; kinds add their own fields."""
-
-    event_id: str
-    kind: str
-    ts: float
-    env: str
-    service: str
-    invocation_id: str | None = None
-    trace_id: str | None = None

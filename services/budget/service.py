@@ -19,6 +19,7 @@ from services.budget.ledgers import LedgerStore
 from shared import errors, names
 from shared.contracts import (
     Breach,
+    BudgetBreachEvent,
     BudgetScope,
     BudgetShowReply,
     BudgetShowRequest,
@@ -153,11 +154,13 @@ class BudgetService(Service):
             },
         )
         self.bus.emit_later(
-            "budget_breach",
-            invocation_id=req.invocation_id,
-            workflow=req.workflow,
-            session_id=req.session_id,
-            **breach.model_dump(mode="json"),
+            BudgetBreachEvent(
+                invocation_id=req.invocation_id,
+                workflow=req.workflow,
+                session_id=req.session_id,
+                config_version=version,
+                **breach.model_dump(),
+            )
         )
         return Reservation(allowed=False, breach=breach, config_version=version)
 

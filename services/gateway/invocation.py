@@ -15,8 +15,12 @@ from opentelemetry.trace import SpanKind, StatusCode
 from shared import errors, names, tokens
 from shared.contracts import (
     Attempt,
+    AttemptEvent,
     AttemptOutcome,
+    BudgetUnavailableEvent,
     ErrorInfo,
+    FallbackEvent,
+    InvocationEvent,
     InvokeRequest,
     InvokeResult,
     Plan,
@@ -289,12 +293,15 @@ class Invocation:
     def _budget_unavailable(self, why: str) -> Reservation:
         budget = self.workflow.budget
         self.bus.emit_later(
-            "budget_unavailable",
-            invocation_id=self.req.invocation_id,
-            workflow=self.req.workflow,
-            session_id=self.req.session_id,
-            mode=budget.on_unavailable,
-            reason=why,
+            BudgetUnavailableEvent(
+                invocation_id=self.req.invocation_id,
+                workflow=self.req.workflow,
+                session_id=self.req.session_id,
+                mode=budget.on_unavailable,
+                reason=why,
+                config_version=self.active.version,
+                trace_id=self.trace_id,
+            )
         )
         if budget.on_unavailable != "allow":
             raise errors.BudgetUnavailable(f"budget cannot be checked ({why}); workflow is fail_closed")
@@ -334,10 +341,15 @@ class Invocation:
         """Settle, emit events, log and count; runs after the agent has its reply."""
         req, bus = self.req, self.bus
         self.settle(result.usage.prompt_tokens, result.usage.completion_tokens, result.model)
-        common = {"invocation_id": req.invocation_id, "workflow": req.workflow, "trace_id": self.trace_id}
+        common = {
+            "invocation_id": req.invocation_id,
+            "workflow": req.workflow,
+            "trace_id": self.trace_id,
+            "config_version": self.active.version,
+        }
         tried = [a for a in result.attempts if a.outcome is not AttemptOutcome.SKIPPED]
         for a in tried:
-            bus.emit_later("attempt", **common, **a.model_dump(mode="json", exclude_none=True))
+            bus.emit_later(AttemptEvent(**common, **a.model_dump(exclude={"source"})))
         for before, after in zip(result.attempts, result.attempts[1:], strict=False):
             if before.outcome is AttemptOutcome.OK or before.outcome is AttemptOutcome.CLIENT_ERROR:
                 break
@@ -350,37 +362,39 @@ class Invocation:
                 (before.source or "skipped") if skipped else before.outcome.value,
             ).inc()
             bus.emit_later(
-                "fallback",
-                **common,
-                from_tier=before.tier,
-                from_provider=before.provider,
-                from_model=before.model,
-                to_tier=after.tier,
-                to_provider=after.provider,
-                to_model=after.model,
-                reason=reason,
-                outcome=before.outcome.value,
-                source=before.source,
+                FallbackEvent(
+                    **common,
+                    from_tier=before.tier,
+                    from_provider=before.provider,
+                    from_model=before.model,
+                    to_tier=after.tier,
+                    to_provider=after.provider,
+                    to_model=after.model,
+                    reason=reason,
+                    outcome=before.outcome,
+                    source=before.source,
+                )
             )
         usage = result.usage
         bus.emit_later(
-            "invocation",
-            **common,
-            session_id=req.session_id,
-            agent=req.agent,
-            status=result.status.value,
-            provider=result.provider,
-            model=result.model,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            estimated_prompt_tokens=self.estimate,
-            latency_ms=result.latency_ms,
-            attempts=[a.model_dump(mode="json", exclude_none=True) for a in result.attempts],
-            error=result.error.model_dump(mode="json") if result.error else None,
-            config_version=result.config_version,
-            metadata=req.metadata,
-            message_count=len(req.messages),
-            output_chars=len(result.output or ""),
+            InvocationEvent(
+                **common,
+                session_id=req.session_id,
+                agent=req.agent,
+                status=result.status,
+                provider=result.provider,
+                model=result.model,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                max_tokens=req.max_tokens,
+                estimated_prompt_tokens=self.estimate,
+                latency_ms=result.latency_ms,
+                attempts=result.attempts,
+                error=result.error,
+                metadata=req.metadata,
+                message_count=len(req.messages),
+                output_chars=len(result.output or ""),
+            )
         )
         provider, model = result.provider or "", result.model or ""
         metrics.INVOCATIONS.labels(req.workflow, result.status.value, provider, model).inc()

@@ -14,7 +14,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from services.recorder import store
 from shared import codec, errors, names
-from shared.contracts import EventCountReply, EventCountRequest, TraceReply, TraceRequest
+from shared.contracts import EventCountReply, EventCountRequest, InvocationEvent, TraceReply, TraceRequest
 from shared.service import Service
 from shared.settings import Settings
 from shared.telemetry import metrics
@@ -85,9 +85,7 @@ class RecorderService(Service):
             events, good = [], []
             for msg in msgs:
                 try:
-                    event = codec.loads(msg.data)
-                    if not isinstance(event, dict) or not {"event_id", "kind", "ts", "env"} <= event.keys():
-                        raise codec.DecodeError("missing envelope fields")
+                    event = codec.decode_event(msg.data)
                 except codec.DecodeError as exc:
                     log.error("unreadable event dropped", extra={"subject": msg.subject, "error": str(exc)})
                     await msg.term()
@@ -110,7 +108,7 @@ class RecorderService(Service):
                 await msg.ack()
             self.recorded += len(events)
             for e in events:
-                metrics.EVENTS_RECORDED.labels(e["kind"]).inc()
+                metrics.EVENTS_RECORDED.labels(e.kind.value).inc()
 
     async def _prune_forever(self) -> None:
         while not self._stopping.is_set():
@@ -133,8 +131,8 @@ class RecorderService(Service):
         return TraceReply(
             invocation_id=req.invocation_id,
             found=invocation is not None or bool(events),
-            invocation=invocation,
-            events=events,
+            invocation=codec.decode(invocation, InvocationEvent) if invocation else None,
+            events=[codec.decode_event(body) for body in events],
         )
 
     async def count(self, req: EventCountRequest, _: Msg) -> EventCountReply:

@@ -1,4 +1,5 @@
-"""The recorder's SQL: batched idempotent writes of events, and trace reads."""
+"""The recorder's SQL: batched idempotent writes of events, and trace reads (bodies as stored,
+for the caller to decode as their event models)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from datetime import UTC, datetime
 
 import asyncpg
 import orjson
+
+from shared.contracts import ConfigEvent, Event, InvocationEvent
 
 INSERT_EVENT = """
 insert into events (env, event_id, kind, ts, service, invocation_id, trace_id, body)
@@ -33,60 +36,45 @@ def _ts(value: float) -> datetime:
     return datetime.fromtimestamp(value, tz=UTC)
 
 
-def _int(value) -> int | None:
-    return int(value) if isinstance(value, int | float) else None
-
-
-async def write_batch(pool: asyncpg.Pool, events: list[dict]) -> None:
+async def write_batch(pool: asyncpg.Pool, events: list[Event]) -> None:
     """Write a batch of events in one transaction; replays of the same event are no-ops."""
     event_rows, invocation_rows, config_rows = [], [], []
     for e in events:
-        body = orjson.dumps(e).decode()
-        ts = _ts(e["ts"])
-        event_rows.append(
-            (
-                e["env"],
-                e["event_id"],
-                e["kind"],
-                ts,
-                e.get("service"),
-                e.get("invocation_id"),
-                e.get("trace_id"),
-                body,
-            )
-        )
-        if e["kind"] == "invocation":
-            error = e.get("error") or {}
+        body = e.model_dump_json()  # every field, nulls included: one shape per kind
+        ts = _ts(e.ts)
+        invocation_id = getattr(e, "invocation_id", None)
+        event_rows.append((e.env, e.event_id, e.kind.value, ts, e.service, invocation_id, e.trace_id, body))
+        if isinstance(e, InvocationEvent):
             invocation_rows.append(
                 (
-                    e["env"],
-                    e["invocation_id"],
+                    e.env,
+                    e.invocation_id,
                     ts,
-                    e.get("workflow"),
-                    e.get("session_id"),
-                    e.get("agent"),
-                    e.get("status"),
-                    e.get("provider"),
-                    e.get("model"),
-                    _int(e.get("prompt_tokens")),
-                    _int(e.get("completion_tokens")),
-                    e.get("latency_ms"),
-                    error.get("code"),
-                    e.get("trace_id"),
-                    e.get("config_version"),
+                    e.workflow,
+                    e.session_id,
+                    e.agent,
+                    e.status.value,
+                    e.provider,
+                    e.model,
+                    e.prompt_tokens,
+                    e.completion_tokens,
+                    e.latency_ms,
+                    e.error.code if e.error else None,
+                    e.trace_id,
+                    e.config_version,
                     body,
                 )
             )
-        elif e["kind"] == "config" and e.get("action") == "applied":
+        elif isinstance(e, ConfigEvent) and e.action == "applied":
             config_rows.append(
                 (
-                    e["env"],
-                    int(e["version"]),
-                    _ts(e["applied_at"]),
-                    e.get("applied_by"),
-                    e["checksum"],
-                    e.get("source"),
-                    orjson.dumps(e["policy"]).decode(),
+                    e.env,
+                    e.version,
+                    _ts(e.applied_at),
+                    e.applied_by,
+                    e.checksum,
+                    e.source,
+                    orjson.dumps(e.policy).decode(),
                 )
             )
     async with pool.acquire() as conn, conn.transaction():
@@ -97,7 +85,7 @@ async def write_batch(pool: asyncpg.Pool, events: list[dict]) -> None:
             await conn.executemany(INSERT_CONFIG, config_rows)
 
 
-async def read_trace(pool: asyncpg.Pool, env: str, invocation_id: str) -> tuple[dict | None, list[dict]]:
+async def read_trace(pool: asyncpg.Pool, env: str, invocation_id: str) -> tuple[bytes | None, list[bytes]]:
     """The invocation's summary row and every event that names it, oldest first."""
     async with pool.acquire() as conn:
         row = await conn.fetchrow(
@@ -108,7 +96,7 @@ async def read_trace(pool: asyncpg.Pool, env: str, invocation_id: str) -> tuple[
             env,
             invocation_id,
         )
-    return (orjson.loads(row["body"]) if row else None), [orjson.loads(r["body"]) for r in events]
+    return (row["body"].encode() if row else None), [r["body"].encode() for r in events]
 
 
 async def count_events(pool: asyncpg.Pool, env: str, kind: str, invocation_ids: list[str]) -> tuple[int, int]:

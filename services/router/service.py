@@ -19,11 +19,15 @@ from shared.contracts import (
     AttemptOutcome,
     BlockReply,
     BlockRequest,
+    CircuitEvent,
     Plan,
     PlanRequest,
+    ProviderBlockEvent,
     ProviderState,
     ProviderStatusReply,
     ProviderStatusRequest,
+    RateLimitEvent,
+    RateLimitSource,
     TierOutcome,
 )
 from shared.service import Service
@@ -90,19 +94,21 @@ class RouterService(Service):
             if skip.source == "local_quota":
                 metrics.RATE_LIMIT_EVENTS.labels(skip.provider, skip.model, "local_quota").inc()
                 self.bus.emit_later(
-                    "rate_limit",
-                    invocation_id=req.invocation_id,
-                    workflow=req.workflow,
-                    provider=skip.provider,
-                    model=skip.model,
-                    source="local_quota",
-                    detail=skip.reason,
+                    RateLimitEvent(
+                        invocation_id=req.invocation_id,
+                        workflow=req.workflow,
+                        provider=skip.provider,
+                        model=skip.model,
+                        source=RateLimitSource.LOCAL_QUOTA,
+                        detail=skip.reason,
+                        config_version=active.version,
+                    )
                 )
         return plan
 
     async def outcome(self, req: TierOutcome, _: Msg) -> None:
-        policy = self.config.active.policy
-        spec = policy.providers.get(req.provider)
+        active = self.config.active
+        spec = active.policy.providers.get(req.provider)
         if spec is None:
             return None
         try:
@@ -113,24 +119,28 @@ class RouterService(Service):
         if req.outcome is AttemptOutcome.RATE_LIMITED:
             metrics.RATE_LIMIT_EVENTS.labels(req.provider, req.model, "provider_429").inc()
             self.bus.emit_later(
-                "rate_limit",
-                invocation_id=req.invocation_id,
-                workflow=req.workflow,
-                provider=req.provider,
-                model=req.model,
-                source="provider_429",
-                retry_after_s=req.retry_after_s,
-                cooldown=spec.cooldown.enabled,
+                RateLimitEvent(
+                    invocation_id=req.invocation_id,
+                    workflow=req.workflow,
+                    provider=req.provider,
+                    model=req.model,
+                    source=RateLimitSource.PROVIDER_429,
+                    retry_after_s=req.retry_after_s,
+                    cooldown=spec.cooldown.enabled,
+                    config_version=active.version,
+                )
             )
         if is_open and failures == spec.circuit.failures:
             log.warning("circuit opened", extra={"provider": req.provider, "failures": failures})
             self.bus.emit_later(
-                "circuit",
-                provider=req.provider,
-                state="open",
-                failures=failures,
-                open_s=spec.circuit.open_s,
-                invocation_id=req.invocation_id,
+                CircuitEvent(
+                    provider=req.provider,
+                    state="open",
+                    failures=failures,
+                    open_s=spec.circuit.open_s,
+                    invocation_id=req.invocation_id,
+                    config_version=active.version,
+                )
             )
         return None
 
@@ -161,7 +171,13 @@ class RouterService(Service):
             extra={"provider": req.provider, "reason": req.reason, "by": req.by},
         )
         await self.bus.emit(
-            "provider_block", provider=req.provider, blocked=req.blocked, reason=req.reason, by=req.by
+            ProviderBlockEvent(
+                provider=req.provider,
+                blocked=req.blocked,
+                reason=req.reason,
+                by=req.by,
+                config_version=self.config.active.version,
+            )
         )
         return BlockReply(provider=req.provider, blocked=req.blocked)
 

@@ -7,6 +7,7 @@ import os
 import socket
 
 from shared.bus import Bus
+from shared.contracts import ConfigEvent
 from shared.live_config import ConfigStore
 from shared.policy import load_dir
 from shared.sbctl.output import emit_json, fail
@@ -69,14 +70,16 @@ async def apply(args, settings) -> int:
         doc = await store.apply(result.policy, applied_by=applied_by, source=source)
         await bus.ensure_events_stream()
         await bus.emit(
-            "config",
-            action="applied",
-            version=doc.version,
-            applied_at=doc.applied_at,
-            applied_by=doc.applied_by,
-            checksum=doc.checksum,
-            source=doc.source,
-            policy=doc.policy,
+            ConfigEvent(
+                action="applied",
+                version=doc.version,
+                applied_at=doc.applied_at,
+                applied_by=doc.applied_by,
+                checksum=doc.checksum,
+                source=doc.source,
+                policy=doc.policy,
+                config_version=str(doc.version),
+            )
         )
     finally:
         await bus.drain(5)

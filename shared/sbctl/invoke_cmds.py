@@ -6,7 +6,20 @@ from datetime import UTC, datetime
 
 from shared import errors, names
 from shared.bus import Bus
-from shared.contracts import TraceReply, TraceRequest
+from shared.contracts import (
+    AttemptEvent,
+    BudgetBreachEvent,
+    BudgetUnavailableEvent,
+    CircuitEvent,
+    ConfigEvent,
+    Event,
+    FallbackEvent,
+    InvocationEvent,
+    ProviderBlockEvent,
+    RateLimitEvent,
+    TraceReply,
+    TraceRequest,
+)
 from shared.sbctl.output import emit_json, fail, table
 from shared.sdk import Client
 
@@ -73,26 +86,25 @@ async def trace(args, settings) -> int:
     if args.json:
         emit_json(reply.model_dump(mode="json"))
         return 0
-    inv = reply.invocation or {}
-    if inv:
+    inv = reply.invocation
+    if inv is not None:
+        print(f"invocation {inv.invocation_id}  workflow {inv.workflow}  status {inv.status.value}")
         print(
-            f"invocation {inv['invocation_id']}  workflow {inv.get('workflow')}  status {inv.get('status')}"
+            f"  provider {inv.provider}/{inv.model}  latency {inv.latency_ms} ms  "
+            f"tokens {inv.prompt_tokens}+{inv.completion_tokens}  "
+            f"asked max_tokens {inv.max_tokens}, prompt estimate {inv.estimated_prompt_tokens}"
         )
         print(
-            f"  provider {inv.get('provider')}/{inv.get('model')}  latency {inv.get('latency_ms')} ms  "
-            f"tokens {inv.get('prompt_tokens')}+{inv.get('completion_tokens')}"
+            f"  session {inv.session_id}  agent {inv.agent}  "
+            f"config {inv.config_version}  trace {inv.trace_id}"
         )
-        print(
-            f"  session {inv.get('session_id')}  agent {inv.get('agent')}  "
-            f"config {inv.get('config_version')}  trace {inv.get('trace_id')}"
-        )
-        if inv.get("error"):
-            print(f"  error [{inv['error'].get('code')}]: {inv['error'].get('message')}")
+        if inv.error:
+            print(f"  error [{inv.error.code}]: {inv.error.message}")
     rows = [
         {
-            "time": datetime.fromtimestamp(e["ts"], UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
-            "kind": e["kind"],
-            "service": e.get("service"),
+            "time": datetime.fromtimestamp(e.ts, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
+            "kind": e.kind.value,
+            "service": e.service,
             "detail": _detail(e),
         }
         for e in reply.events
@@ -101,19 +113,25 @@ async def trace(args, settings) -> int:
     return 0
 
 
-def _detail(e: dict) -> str:
-    kind = e["kind"]
-    if kind == "attempt":
-        where = f"tier {e.get('tier')} {e.get('provider')}/{e.get('model')}"
-        return f"{where}: {e.get('outcome')} ({e.get('latency_ms')} ms)"
-    if kind == "fallback":
-        src, dst = (
-            f"{e.get('from_provider')}/{e.get('from_model')}",
-            f"{e.get('to_provider')}/{e.get('to_model')}",
-        )
-        return f"{src} -> {dst}: {e.get('reason')}"
-    if kind == "budget_breach":
-        return f"{e.get('scope')}: {e.get('message')}"
-    if kind == "invocation":
-        return f"{e.get('status')} via {e.get('provider')}/{e.get('model')}"
+def _detail(e: Event) -> str:
+    """One line on what an event says, per kind."""
+    match e:
+        case InvocationEvent():
+            return f"{e.status.value} via {e.provider}/{e.model}"
+        case AttemptEvent():
+            return f"tier {e.tier} {e.provider}/{e.model}: {e.outcome.value} ({e.latency_ms} ms)"
+        case FallbackEvent():
+            return f"{e.from_provider}/{e.from_model} -> {e.to_provider}/{e.to_model}: {e.reason}"
+        case RateLimitEvent():
+            return f"{e.provider}/{e.model}: {e.source.value}"
+        case CircuitEvent():
+            return f"{e.provider}: circuit {e.state} after {e.failures} failures for {e.open_s:g}s"
+        case BudgetBreachEvent():
+            return f"{e.scope.value}: {e.message}"
+        case BudgetUnavailableEvent():
+            return f"{e.mode}: {e.reason}"
+        case ConfigEvent():
+            return f"version {e.version} {e.action} by {e.applied_by}"
+        case ProviderBlockEvent():
+            return f"{e.provider} {'blocked' if e.blocked else 'unblocked'}: {e.reason}"
     return ""

@@ -39,6 +39,13 @@ class DuplicateInFlight(SwitchboardError):
     retryable = True
 
 
+class IdempotencyConflict(InvalidRequest):
+    """The invocation id was already used for a different request (another caller, workflow,
+    session, prompt or parameters); its reply is never given to this one."""
+
+    code = "idempotency_conflict"
+
+
 class Unavailable(SwitchboardError):
     """A dependency (a control service, Redis, PostgreSQL) did not answer."""
 

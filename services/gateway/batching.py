@@ -1,7 +1,7 @@
 """Work that need not happen once per invocation, done for many at a time.
 
-After the reply, some writes only have to land soon, not now: stored results for idempotency
-and the router's bookkeeping of successful calls. A `Batcher` collects them and flushes every
+After the reply, some writes only have to land soon, not now: the router's bookkeeping of
+successful calls. A `Batcher` collects them and flushes every
 few milliseconds (sooner when many are waiting) in one round trip, taking per-invocation
 awaits off the hot path. Shutdown flushes what is left.
 """

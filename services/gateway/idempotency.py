@@ -1,66 +1,81 @@
-"""The invocation id is the idempotency key: a retried request gets the first one's result.
+"""Idempotency, as payment APIs do it: the invocation id is the key, bound to a fingerprint of
+the whole request (caller, workflow, session, messages, parameters, metadata).
 
-One round trip on the common path (SET NX of an in-flight marker), asked at the same time as
-the router and the budget; the finished result replaces the marker for a day, written in
-batches after the reply. When Redis is unreachable the invocation still runs: losing
-de-duplication is better than refusing every call.
+The same id with the same request gets the first reply and nothing else happens; the same id
+with any other request is refused with `idempotency_conflict`, so a reply is only ever replayed
+to the request that produced it. One Redis round trip (`SET NX GET`) decides, before anything
+is reserved or routed. The finished reply replaces the in-flight marker *before* it is sent:
+a gateway killed after answering leaves a stored reply, never an id that a retry would run
+again. When Redis is unreachable the invocation still runs: losing de-duplication is better
+than refusing every call.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from services.gateway.batching import Batcher
 from shared import errors, keys
+from shared.contracts import InvokeRequest
 
 log = logging.getLogger("switchboard.gateway")
-IN_FLIGHT = b"\x00"
 RESULT_TTL_S = 24 * 3600
+FINGERPRINT_LEN = 32  # sha256 digest; the stored value is the digest, then the reply (if finished)
 
 
 class Replay(Exception):
-    """The invocation id already finished: answer with the stored reply, do nothing else."""
+    """The invocation id already finished with this request: answer with the stored reply."""
 
     def __init__(self, stored: bytes) -> None:
         super().__init__("replay")
         self.stored = stored
 
 
+def fingerprint(req: InvokeRequest) -> bytes:
+    """A digest of everything the caller asked for, in a canonical form."""
+    canonical = orjson.dumps(req.model_dump(mode="json", exclude_none=True), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).digest()
+
+
 class Idempotency:
     def __init__(self, redis: aioredis.Redis, env: str) -> None:
         self.redis = redis
         self.env = env
-        self.results: Batcher[tuple[str, bytes]] = Batcher(
-            "idempotency", self._store, interval_s=0.01, max_items=256
-        )
 
-    async def begin(self, invocation_id: str, in_flight_ttl_s: float) -> None:
-        """Returns when this call is the first; raises `Replay` or `DuplicateInFlight` otherwise."""
-        key = keys.idempotency(self.env, invocation_id)
+    async def begin(self, req: InvokeRequest, in_flight_ttl_s: float) -> bytes | None:
+        """Claim the id; returns the request's fingerprint (None when Redis is unreachable).
+        Raises `Replay`, `DuplicateInFlight` or `IdempotencyConflict` when it was claimed before."""
+        digest = fingerprint(req)
+        key = keys.idempotency(self.env, req.invocation_id)
         try:
-            if await self.redis.set(key, IN_FLIGHT, nx=True, px=int(in_flight_ttl_s * 1000)):
-                return
-            stored = await self.redis.get(key)
+            stored = await self.redis.set(key, digest, nx=True, get=True, px=int(in_flight_ttl_s * 1000))
         except RedisError as exc:
-            log.warning("idempotency unavailable", extra={"error": repr(exc), "invocation_id": invocation_id})
-            return
-        if stored is None:  # expired between the two calls: treat as new
-            return
-        if stored == IN_FLIGHT:
-            raise errors.DuplicateInFlight(f"invocation {invocation_id} is already in flight")
-        raise Replay(stored)
+            log.warning(
+                "idempotency unavailable", extra={"error": repr(exc), "invocation_id": req.invocation_id}
+            )
+            return None
+        if stored is None:
+            return digest
+        if stored[:FINGERPRINT_LEN] != digest:
+            raise errors.IdempotencyConflict(
+                f"invocation id {req.invocation_id} was used for a different request; use a new id"
+            )
+        if len(stored) == FINGERPRINT_LEN:
+            raise errors.DuplicateInFlight(f"invocation {req.invocation_id} is already in flight")
+        raise Replay(stored[FINGERPRINT_LEN:])
 
-    def finish(self, invocation_id: str, reply: bytes) -> None:
-        self.results.add((invocation_id, reply))
-
-    async def _store(self, results: list[tuple[str, bytes]]) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        for invocation_id, reply in results:
-            pipe.set(keys.idempotency(self.env, invocation_id), reply, ex=RESULT_TTL_S)
-        await pipe.execute()
+    async def finish(self, invocation_id: str, digest: bytes | None, reply: bytes) -> None:
+        """Store the reply for retries; called before the reply is sent."""
+        if digest is None:
+            return
+        try:
+            await self.redis.set(keys.idempotency(self.env, invocation_id), digest + reply, ex=RESULT_TTL_S)
+        except RedisError as exc:
+            log.warning("reply not stored", extra={"error": repr(exc), "invocation_id": invocation_id})
 
     async def forget(self, invocation_id: str) -> None:
         """Drop the marker of a call that failed before doing anything, so it may be retried."""

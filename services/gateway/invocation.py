@@ -1,12 +1,13 @@
-"""One invocation's path through the gateway: plan and reserve at once, walk the tiers,
-then (after the reply) settle, emit events, log one line and count it."""
+"""One invocation's path through the gateway: reserve, then plan, walk the tiers, then settle,
+emit events, log one line and count it.
+
+The reservation is decided before the router is asked: the router debits a provider's
+per-minute quota when it hands out a tier, so a call the budget refuses must never reach it."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from opentelemetry import trace
@@ -68,20 +69,15 @@ class Invocation:
 
     # --- the call ---------------------------------------------------------------------
 
-    async def execute(self, first_call: Awaitable[None]) -> InvokeResult:
-        """Run the invocation; `first_call` (the idempotency check) is awaited alongside the
-        router and the budget, and raises if this id was seen before."""
+    async def execute(self) -> InvokeResult:
+        """Run the invocation whose id this gateway has claimed (see `Idempotency.begin`)."""
         req = self.req
         self.estimate = self._estimate()
-        answers = await asyncio.gather(first_call, self._plan(0), self._reserve(), return_exceptions=True)
-        _, plan, reservation = answers
-        if isinstance(reservation, Reservation):
-            self.reservation = reservation  # held until settled, even if something else failed
-        for answer in answers:
-            if isinstance(answer, BaseException):
-                raise answer
+        reservation = await self._reserve()
+        self.reservation = reservation  # held until settled, even if planning fails
         if not reservation.allowed:
             return self._refused(reservation)
+        plan = await self._plan(0)
         params = CallParams(
             max_tokens=reservation.max_tokens or req.max_tokens or 1,
             temperature=req.temperature,
@@ -321,8 +317,10 @@ class Invocation:
             **fields,
         )
 
-    def settle(self, prompt_tokens: int = 0, completion_tokens: int = 0, model: str | None = None) -> None:
-        """Turn the budget reservation into actual usage (zero releases it all); fire-and-forget."""
+    async def settle(self, usage: Usage | None = None, model: str | None = None) -> None:
+        """Turn the budget reservation into actual usage (none releases it all). A core publish:
+        it only enters the connection's buffer, and whatever is published after it on the same
+        connection (the reply) is sent after it."""
         if self.reservation is None or not self.reservation.reserved_tokens:
             return
         req = self.req
@@ -331,16 +329,18 @@ class Invocation:
             workflow=req.workflow,
             session_id=req.session_id,
             reserved_tokens=self.reservation.reserved_tokens,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
             model=model,
         )
-        self.bus.spawn(self.bus.publish(names.budget_settle(self.env), settle))
+        try:
+            await self.bus.publish(names.budget_settle(self.env), settle)
+        except Exception as exc:  # the connection is closed: the hold is released when it expires
+            log.warning("settle not sent", extra={"invocation_id": req.invocation_id, "error": repr(exc)})
 
     def record(self, result: InvokeResult) -> None:
-        """Settle, emit events, log and count; runs after the agent has its reply."""
+        """Emit events, log and count; runs after the agent has its reply."""
         req, bus = self.req, self.bus
-        self.settle(result.usage.prompt_tokens, result.usage.completion_tokens, result.model)
         common = {
             "invocation_id": req.invocation_id,
             "workflow": req.workflow,

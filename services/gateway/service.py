@@ -1,5 +1,6 @@
-"""gateway: the data plane. Takes invocation requests, asks router and budget (at once),
-calls providers down the fallback chain, replies, settles, and records what happened."""
+"""gateway: the data plane. Takes invocation requests, claims their id (idempotency), asks the
+budget and then the router, calls providers down the fallback chain, stores and settles the
+result, replies, and records what happened."""
 
 from __future__ import annotations
 
@@ -41,9 +42,8 @@ class GatewayService(Service):
         self.config.on_change(lambda active: self.providers.update(active.policy))
         self.idempotency = Idempotency(self.redis, self.settings.env)
         self.outcomes = OutcomeReporter(self.bus, self.settings.env)
-        for batcher in (self.idempotency.results, self.outcomes.successes):
-            batcher.start()
-            stack.push_async_callback(batcher.close)
+        self.outcomes.successes.start()
+        stack.push_async_callback(self.outcomes.successes.close)
         await self.bus.serve(
             names.invoke_wildcard(self.settings.env),
             names.GATEWAY_QUEUE,
@@ -63,32 +63,33 @@ class GatewayService(Service):
         if workflow is None:
             raise errors.UnknownWorkflow(f"no workflow named {req.workflow!r} in policy {active.version}")
         in_flight_ttl = sum(t.timeout_ms for t in workflow.tiers) / 1000 + 30
-        run = Invocation(self, req, active, workflow, started)
         try:
-            result = await run.execute(self.idempotency.begin(req.invocation_id, in_flight_ttl))
+            digest = await self.idempotency.begin(req, in_flight_ttl)
         except Replay as replay:  # a retry of a finished invocation: its first reply, nothing else
-            run.settle()
             await self.bus.reply_raw(msg, replay.stored)
             return
-        except errors.DuplicateInFlight:
-            run.settle()
-            raise
+        # A duplicate in flight or a conflicting request raises here: it reserved nothing and
+        # took no tier, and the invocation that owns the id is left alone.
+        run = Invocation(self, req, active, workflow, started)
+        try:
+            result = await run.execute()
         except errors.SwitchboardError as exc:
             # Refused by a dependency (the budget unavailable and the workflow fail_closed, a router
             # error): answered, logged and recorded like any invocation, and retryable by its id.
-            run.settle()
+            await run.settle()
             await self.idempotency.forget(req.invocation_id)
             result = run.failed(exc)
             await self.bus.reply(msg, result)
             run.record(result)
             return
         except BaseException:
-            run.settle()  # nothing was used: release the reservation now, not at its expiry
+            await run.settle()  # nothing was used: release the reservation now, not at its expiry
             await self.idempotency.forget(req.invocation_id)
             raise
         data = codec.encode(result)
+        await self.idempotency.finish(req.invocation_id, digest, data)  # stored before it is sent
+        await run.settle(result.usage, result.model)
         await self.bus.reply_raw(msg, data)
-        self.idempotency.finish(req.invocation_id, data)
         run.record(result)
 
     def _error_reply(self, exc: errors.SwitchboardError, raw: bytes) -> InvokeResult:

@@ -211,14 +211,18 @@ class Bus:
 
     async def emit(self, event: E) -> E:
         """Publish an event durably (JetStream ack, de-duplicated by event id), retrying a while;
-        returns it as sent."""
+        returns it as sent. The current span gets it as a span event."""
         stamped = self.stamp(event)
+        tracing.add_span_event(stamped)
         await self._publish_event(stamped)
         return stamped
 
     def emit_later(self, event: Event) -> None:
-        """Emit in the background (stamped now); `drain()` waits for it."""
-        self.spawn(self._publish_event(self.stamp(event)))
+        """Emit in the background (stamped, and added to the current span, now); `drain()`
+        waits for it."""
+        stamped = self.stamp(event)
+        tracing.add_span_event(stamped)
+        self.spawn(self._publish_event(stamped))
 
     async def _publish_event(self, event: Event) -> None:
         kind = event.kind.value

@@ -165,3 +165,32 @@ def test_gateway_in_compose_has_every_api_key_its_policy_names(monkeypatch):
     needed = {spec.api_key_env for spec in policy.providers.values() if spec.api_key_env}
 
     assert needed - set(env) == set()
+
+
+def test_services_export_spans_to_the_jaeger_in_compose_which_keeps_them():
+    jaeger = SERVICES["jaeger"]
+    config_path = "./deploy/jaeger/config.yaml"
+    assert f"{config_path}:/etc/jaeger/config.yaml:ro" in jaeger["volumes"]
+    assert jaeger["command"] == ["--config", "/etc/jaeger/config.yaml"]
+    config = yaml.safe_load((REPO / config_path).read_text())
+    http = config["receivers"]["otlp"]["protocols"]["http"]["endpoint"]
+    for name in SWITCHBOARD:
+        assert (
+            SERVICES[name]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"]
+            == f"http://jaeger:{http.split(':')[-1]}"
+        )
+        assert "OTEL_SERVICE_NAME" not in SERVICES[name]["environment"], name
+    # Persistent (a named volume holding the Badger directories), with retention set.
+    [volume] = [v for v in jaeger["volumes"] if not v.startswith("./")]
+    name, mount = volume.split(":")
+    assert name in COMPOSE["volumes"]
+    [store] = config["extensions"]["jaeger_storage"]["backends"].values()
+    badger = store["badger"]
+    assert badger["ephemeral"] is False
+    assert all(d.startswith(mount + "/") for d in badger["directories"].values())
+    assert badger["ttl"]["spans"] == "2160h"
+    assert (
+        config["extensions"]["jaeger_query"]["storage"]["traces"]
+        in config["extensions"]["jaeger_storage"]["backends"]
+    )
+    assert "16686:16686" in jaeger["ports"]

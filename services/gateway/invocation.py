@@ -38,7 +38,7 @@ from shared.live_config import ActivePolicy
 from shared.policy import WorkflowSpec
 from shared.providers import ProviderCallError
 from shared.providers.base import CallParams
-from shared.telemetry import metrics, tracing
+from shared.telemetry import genai, metrics, tracing
 
 if TYPE_CHECKING:
     from services.gateway.service import GatewayService
@@ -64,6 +64,9 @@ class Invocation:
         self.workflow = workflow
         self.started = started
         self.trace_id = tracing.trace_id_hex()
+        trace.get_current_span().set_attributes(
+            {"switchboard.invocation_id": req.invocation_id, "switchboard.workflow": req.workflow}
+        )
         self.reservation: Reservation | None = None
         self.estimate = 0
 
@@ -151,12 +154,12 @@ class Invocation:
             return self._attempt(tier, failure.outcome, 0.0, reason=failure.message), None, failure
         t0 = time.perf_counter()
         with _tracer.start_as_current_span(
-            f"provider {tier.provider}",
+            genai.span_name(tier.model),
             kind=SpanKind.CLIENT,
             attributes={
+                **genai.request_attributes(adapter.spec.kind.value, tier.model, params),
                 "switchboard.tier": tier.tier,
                 "switchboard.provider": tier.provider,
-                "switchboard.model": tier.model,
             },
         ) as span:
             try:
@@ -165,7 +168,9 @@ class Invocation:
             except ProviderCallError as exc:
                 latency = (time.perf_counter() - t0) * 1000
                 span.set_status(StatusCode.ERROR, exc.outcome.value)
-                span.set_attribute("switchboard.outcome", exc.outcome.value)
+                span.set_attributes(
+                    {"error.type": exc.outcome.value, "switchboard.outcome": exc.outcome.value}
+                )
                 self._report(
                     tier, exc.outcome, latency, status_code=exc.status_code, retry_after_s=exc.retry_after_s
                 )
@@ -173,6 +178,7 @@ class Invocation:
                     tier, exc.outcome, latency, status_code=exc.status_code, reason=exc.message
                 )
                 return attempt, None, exc
+            span.set_attributes(genai.response_attributes(tier.model, completion))
         latency = (time.perf_counter() - t0) * 1000
         self._report(
             tier,

@@ -45,4 +45,5 @@ class AnthropicAdapter(ProviderAdapter):
             prompt_tokens=int(usage.get("input_tokens", 0)),
             completion_tokens=int(usage.get("output_tokens", 0)),
             finish_reason=STOP_REASONS.get(reason, reason),
+            model=data.get("model"),
         )

@@ -22,6 +22,7 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str | None
+    model: str | None = None  # the model that answered, as the provider names it
 
 
 @dataclass(slots=True)

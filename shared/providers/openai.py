@@ -40,4 +40,5 @@ class OpenAIAdapter(ProviderAdapter):
             prompt_tokens=int(usage.get("prompt_tokens", 0)),
             completion_tokens=int(usage.get("completion_tokens", 0)),
             finish_reason=choice.get("finish_reason"),
+            model=data.get("model"),
         )

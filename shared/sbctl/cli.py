@@ -12,6 +12,7 @@ from shared import errors, names
 from shared.sbctl import budget_cmds, config_cmds, drill_cmds, invoke_cmds, provider_cmds
 from shared.sbctl.output import fail
 from shared.settings import Settings
+from shared.telemetry.tracing import setup_tracing
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"error [invalid_env]: {exc}\n")
         raise SystemExit(2) from None
     settings = Settings(env=args.env)
+    setup_tracing("sbctl", args.env)  # the SDK's span of `sbctl invoke` starts the trace
     func = args.func
     try:
         code = asyncio.run(func(args, settings)) if inspect.iscoroutinefunction(func) else func(args)

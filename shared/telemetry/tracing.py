@@ -5,6 +5,12 @@ hop even when no collector is configured. Spans are recorded and exported over O
 when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (sampling then follows `OTEL_TRACES_SAMPLER`, default
 parent-based always-on); without a collector they are created unsampled, which keeps the ids
 and costs a fraction of a recorded span on every hop of every invocation.
+
+What a service gets without writing tracing code: each handler behind `Bus.serve` runs in a
+SERVER span continuing the caller's trace; `Bus.request` and `Bus.publish` carry the current
+context on; every event emitted through the bus is also an event on the current span; the
+recorder closes the trace with a span per recorded event. For a step worth its own span, use
+`tracer("switchboard.<service>").start_as_current_span(...)`.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from pydantic import BaseModel
 
 _propagator = TraceContextTextMapPropagator()
 _installed = False
@@ -30,8 +37,7 @@ def setup_tracing(service: str, env: str) -> None:
         return
     exporting = bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
     provider = TracerProvider(
-        resource=Resource.create({"service.name": f"switchboard-{service}", "deployment.environment": env}),
-        sampler=None if exporting else ParentBased(ALWAYS_OFF),
+        resource=resource(service, env), sampler=None if exporting else ParentBased(ALWAYS_OFF)
     )
     if exporting:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -39,6 +45,15 @@ def setup_tracing(service: str, env: str) -> None:
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     _installed = True
+
+
+def resource(service: str, env: str) -> Resource:
+    """This process's resource; a service name the operator set (`OTEL_SERVICE_NAME` or
+    `OTEL_RESOURCE_ATTRIBUTES`) wins over ours."""
+    attributes = {"deployment.environment.name": env}
+    if Resource.create({}).attributes.get("service.name", "").startswith("unknown_service"):
+        attributes["service.name"] = f"switchboard-{service}"
+    return Resource.create(attributes)
 
 
 def tracer(name: str) -> trace.Tracer:
@@ -59,3 +74,25 @@ def extract(headers: dict[str, str] | None) -> otel_context.Context:
 def trace_id_hex(span: trace.Span | None = None) -> str | None:
     ctx = (span or trace.get_current_span()).get_span_context()
     return format(ctx.trace_id, "032x") if ctx.trace_id else None
+
+
+def sampled(ctx: otel_context.Context) -> bool:
+    """Whether the span in `ctx` is being recorded (and so worth a child span)."""
+    return trace.get_current_span(ctx).get_span_context().trace_flags.sampled
+
+
+_ENVELOPE = {"kind", "event_id", "ts", "env", "service", "trace_id"}
+
+
+def add_span_event(event: BaseModel, span: trace.Span | None = None) -> None:
+    """Put an emitted event on the current span as `switchboard.<kind>`, with its scalar fields
+    as attributes (lists and mappings stay in the audit log)."""
+    span = span or trace.get_current_span()
+    if not span.is_recording():
+        return
+    attributes = {
+        f"switchboard.{name}": value.value if hasattr(value, "value") else value
+        for name, value in event
+        if name not in _ENVELOPE and isinstance(value, str | int | float | bool)
+    }
+    span.add_event(f"switchboard.{event.kind.value}", attributes)

@@ -70,7 +70,9 @@ def infra_env(infra: Infra, **extra: str) -> dict[str, str]:
     return env
 
 
-async def run_sbctl(infra: Infra, *args: str, timeout: float = 30.0) -> tuple[int, str, str]:
+async def run_sbctl(
+    infra: Infra, *args: str, timeout: float = 30.0, extra_env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
     """`python -m shared.sbctl ARGS` as a subprocess (never blocking the event loop, where the
     services under test run); returns (exit code, stdout, stderr)."""
     proc = await asyncio.create_subprocess_exec(
@@ -79,7 +81,7 @@ async def run_sbctl(infra: Infra, *args: str, timeout: float = 30.0) -> tuple[in
         "shared.sbctl",
         *args,
         cwd=REPO,
-        env=infra_env(infra),
+        env=infra_env(infra, **(extra_env or {})),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
 
+from services.gateway import access_log
 from shared import errors, names, tokens
 from shared.contracts import (
     Attempt,
@@ -408,25 +409,8 @@ class Invocation:
         if usage.prompt_tokens or usage.completion_tokens:
             metrics.TOKENS.labels(req.workflow, provider, model, "prompt").inc(usage.prompt_tokens)
             metrics.TOKENS.labels(req.workflow, provider, model, "completion").inc(usage.completion_tokens)
-        log.info(
-            "invocation",
-            extra={
-                "workflow": req.workflow,
-                "invocation_id": req.invocation_id,
-                "session_id": req.session_id,
-                "agent": req.agent,
-                "status": result.status.value,
-                "provider": result.provider,
-                "model": result.model,
-                "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-                "latency_ms": result.latency_ms,
-                "attempts": len(tried),
-                "fallback": result.status is Status.FALLBACK,
-                "error_code": result.error.code if result.error else None,
-                "config_version": result.config_version,
-                "trace_id": self.trace_id,
-            },
+        access_log.invocation(
+            req, result, estimate=self.estimate, attempts=len(tried), trace_id=self.trace_id
         )
         span = trace.get_current_span()
         span.set_attribute("switchboard.status", result.status.value)

@@ -11,6 +11,7 @@ from contextlib import AsyncExitStack
 import orjson
 from nats.aio.msg import Msg
 
+from services.gateway import access_log
 from services.gateway.idempotency import Idempotency, Replay
 from services.gateway.invocation import Invocation
 from services.gateway.outcomes import OutcomeReporter
@@ -19,6 +20,7 @@ from shared.contracts import InvokeRequest, InvokeResult, Status
 from shared.providers import ProviderPool
 from shared.service import Service
 from shared.settings import Settings
+from shared.telemetry import tracing
 
 log = logging.getLogger("switchboard.gateway")
 
@@ -67,6 +69,12 @@ class GatewayService(Service):
             digest = await self.idempotency.begin(req, in_flight_ttl)
         except Replay as replay:  # a retry of a finished invocation: its first reply, nothing else
             await self.bus.reply_raw(msg, replay.stored)
+            access_log.replay(
+                req,
+                codec.decode(replay.stored, InvokeResult),
+                latency_ms=round((time.perf_counter() - started) * 1000, 3),
+                trace_id=tracing.trace_id_hex(),
+            )
             return
         # A duplicate in flight or a conflicting request raises here: it reserved nothing and
         # took no tier, and the invocation that owns the id is left alone.
@@ -93,12 +101,15 @@ class GatewayService(Service):
         run.record(result)
 
     def _error_reply(self, exc: errors.SwitchboardError, raw: bytes) -> InvokeResult:
-        return InvokeResult(
+        """The answer to a request refused before it ran, logged like every answer."""
+        result = InvokeResult(
             invocation_id=_invocation_id(raw),
             status=Status.ERROR,
             error=errors.to_wire(exc),
             config_version=self.config_version,
         )
+        access_log.refused(raw, result, trace_id=tracing.trace_id_hex())
+        return result
 
 
 def _invocation_id(raw: bytes) -> str:

@@ -101,6 +101,7 @@ class InvokeResult(Open):
     trace_id: str | None = None
     config_version: str | None = None
     review_id: str | None = None
+    enforced: bool = True  # False: a passthrough call made by the SDK while the plane was unreachable
 
 
 # --- gateway <-> router ---------------------------------------------------------------
@@ -277,6 +278,40 @@ class BudgetShowReply(Open):
     error: ErrorInfo | None = None
 
 
+# --- SDK <-> router: what an agent does when the control plane is unreachable --------------
+
+
+class Degradation(StrEnum):
+    FAIL_CLOSED = "fail_closed"  # the SDK raises control_plane_unavailable at once
+    PASSTHROUGH = "passthrough"  # the SDK calls the provider itself, records locally, uploads later
+
+
+class DegradationRequest(Strict):
+    workflow: Identifier
+
+
+class DirectTier(Open):
+    """A tier as an agent calls it without the gateway: where, which model, whose key."""
+
+    provider: str
+    kind: str  # openai | anthropic
+    base_url: str
+    model: str
+    api_key_env: str | None = None  # the agent's own environment variable holding its key
+    timeout_ms: int
+
+
+class DegradationPlan(Open):
+    """A workflow's degradation mode, and for passthrough the tiers in policy order."""
+
+    workflow: str
+    mode: Degradation = Degradation.FAIL_CLOSED
+    config_version: str | None = None
+    max_tokens_per_invocation: int | None = None
+    tiers: list[DirectTier] = Field(default_factory=list)
+    error: ErrorInfo | None = None
+
+
 # --- events (JetStream sb.<env>.events.<kind>) -----------------------------------------
 
 
@@ -290,6 +325,7 @@ class EventKind(StrEnum):
     BUDGET_UNAVAILABLE = "budget_unavailable"  # the budget could not be asked; the workflow's mode applied
     CONFIG = "config"  # a policy version was applied
     PROVIDER_BLOCK = "provider_block"  # an operator blocked or unblocked a provider
+    PASSTHROUGH = "passthrough"  # an agent called a provider directly while the plane was unreachable
 
 
 class Event(Open):
@@ -319,6 +355,32 @@ class InvocationEvent(Event):
     completion_tokens: int = 0
     max_tokens: int | None = None  # what the caller asked for (None: the workflow's ceiling)
     estimated_prompt_tokens: int = 0
+    latency_ms: float = 0.0
+    attempts: list[Attempt] = Field(default_factory=list)
+    error: ErrorInfo | None = None
+    metadata: dict[str, MetadataValue] = Field(default_factory=dict)
+    message_count: int = 0
+    output_chars: int = 0
+
+
+class PassthroughEvent(Event):
+    """One call an agent made straight to a provider while the control plane was unreachable:
+    the invocation record's fields, stamped by the SDK (`service: sdk`), marked `enforced: false`
+    (no routing state, budget or review applied), uploaded once the plane is back.
+    `config_version` is the policy version the SDK last saw."""
+
+    kind: Literal[EventKind.PASSTHROUGH] = EventKind.PASSTHROUGH
+    enforced: Literal[False] = False
+    reason: str  # why the plane was unreachable
+    invocation_id: str
+    workflow: str
+    session_id: str | None = None
+    agent: str | None = None
+    status: Status
+    provider: str | None = None
+    model: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
     latency_ms: float = 0.0
     attempts: list[Attempt] = Field(default_factory=list)
     error: ErrorInfo | None = None
@@ -430,7 +492,8 @@ AnyEvent = Annotated[
     | BudgetBreachEvent
     | BudgetUnavailableEvent
     | ConfigEvent
-    | ProviderBlockEvent,
+    | ProviderBlockEvent
+    | PassthroughEvent,
     Field(discriminator="kind"),
 ]
 

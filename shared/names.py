@@ -64,6 +64,11 @@ def router_block(env: str) -> str:
     return f"sb.{env}.router.block"
 
 
+def degradation(env: str) -> str:
+    """Agents ask the router what their workflow does when the plane is unreachable."""
+    return f"sb.{env}.degradation"
+
+
 def recorder_count(env: str) -> str:
     return f"sb.{env}.recorder.count"
 

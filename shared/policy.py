@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from shared import names, tokens
+from shared.contracts import Degradation
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 # A workflow name is a NATS subject token (sb.<env>.invoke.<workflow>): no dots.
@@ -106,6 +107,9 @@ class WorkflowSpec(Spec):
     description: str = ""
     tiers: list[TierSpec] = Field(min_length=1)
     budget: BudgetSpec
+    # What agents do while the control plane is unreachable: fail_closed raises at once;
+    # passthrough calls the tiers' providers directly, unenforced, recorded and uploaded later.
+    degradation: Degradation = Degradation.FAIL_CLOSED
     owner: str | None = None
 
 

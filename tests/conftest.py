@@ -13,6 +13,15 @@ from tests.support.stack import Simulator, Stack, copy_policy, new_env
 SIM_KEYS = {"SB_OPENAI_SIM_API_KEY": "sk-test-openai", "SB_ANTHROPIC_SIM_API_KEY": "sk-test-anthropic"}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def sdk_state_dir(tmp_path_factory):
+    """SDK clients keep learned degradation modes and passthrough records here, not in $HOME."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SB_SDK_STATE_DIR", str(tmp_path_factory.mktemp("sdk-state")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def infra() -> infra_support.Infra:
     found = infra_support.discover()

@@ -20,6 +20,10 @@ from shared.contracts import (
     BlockReply,
     BlockRequest,
     CircuitEvent,
+    Degradation,
+    DegradationPlan,
+    DegradationRequest,
+    DirectTier,
     Plan,
     PlanRequest,
     ProviderBlockEvent,
@@ -73,6 +77,14 @@ class RouterService(Service):
             lambda exc, _: BlockReply(provider="", blocked=False, error=errors.to_wire(exc)),
         )
 
+        await self.bus.serve(
+            names.degradation(env),
+            names.ROUTER_QUEUE,
+            DegradationRequest,
+            self.degradation,
+            lambda exc, _: DegradationPlan(workflow="", error=errors.to_wire(exc)),
+        )
+
     def _workflow(self, name: str):
         active = self.config.active
         workflow = active.policy.workflows.get(name)
@@ -104,6 +116,31 @@ class RouterService(Service):
                         config_version=active.version,
                     )
                 )
+        return plan
+
+    async def degradation(self, req: DegradationRequest, _: Msg) -> DegradationPlan:
+        """What an agent of this workflow does while the plane is unreachable; for passthrough,
+        the tiers as the agent calls them (no keys: only the names of its own variables)."""
+        active, workflow = self._workflow(req.workflow)
+        plan = DegradationPlan(
+            workflow=req.workflow,
+            mode=workflow.degradation,
+            config_version=active.version,
+            max_tokens_per_invocation=workflow.budget.max_tokens_per_invocation,
+        )
+        if workflow.degradation is Degradation.PASSTHROUGH:
+            providers = active.policy.providers
+            plan.tiers = [
+                DirectTier(
+                    provider=t.provider,
+                    kind=providers[t.provider].kind.value,
+                    base_url=providers[t.provider].base_url,
+                    model=t.model,
+                    api_key_env=providers[t.provider].api_key_env,
+                    timeout_ms=t.timeout_ms,
+                )
+                for t in workflow.tiers
+            ]
         return plan
 
     async def outcome(self, req: TierOutcome, _: Msg) -> None:

@@ -223,3 +223,44 @@ async def test_concurrent_calls_never_exceed_the_model_quota(running):
     for r in results:
         if r.status is Status.FALLBACK:
             assert_skipped_primary(r, "out of quota")
+
+
+async def test_the_degradation_plan_names_tiers_and_key_variables_never_keys(stack):
+    from shared import codec, names
+    from shared.contracts import DegradationPlan, DegradationRequest
+
+    await stack.start("router")
+    sb = await stack.client()
+    ask = sb._nc.request  # the SDK's own connection, as an agent would ask
+
+    passthrough = codec.decode(
+        (
+            await ask(
+                names.degradation(stack.env), codec.encode(DegradationRequest(workflow="research-summary"))
+            )
+        ).data,
+        DegradationPlan,
+    )
+    closed = codec.decode(
+        (
+            await ask(
+                names.degradation(stack.env), codec.encode(DegradationRequest(workflow="support-triage"))
+            )
+        ).data,
+        DegradationPlan,
+    )
+    unknown = codec.decode(
+        (await ask(names.degradation(stack.env), codec.encode(DegradationRequest(workflow="nope")))).data,
+        DegradationPlan,
+    )
+
+    assert passthrough.mode == "passthrough" and passthrough.max_tokens_per_invocation == 16000
+    assert [(t.provider, t.kind, t.model, t.api_key_env) for t in passthrough.tiers] == [
+        ("anthropic-sim", "anthropic", "claude-sim-sonnet", "SB_ANTHROPIC_SIM_API_KEY"),
+        ("openai-sim", "openai", "gpt-sim-large", "SB_OPENAI_SIM_API_KEY"),
+        ("openai-sim", "openai", "gpt-sim-mini", "SB_OPENAI_SIM_API_KEY"),
+    ]
+    assert passthrough.tiers[0].base_url == f"{stack.sim.url}/p/anthropic-sim/v1"
+    assert "sk-test" not in passthrough.model_dump_json()
+    assert closed.mode == "fail_closed" and closed.tiers == []
+    assert unknown.error.code == "unknown_workflow"

@@ -272,3 +272,20 @@ def test_a_workflow_name_that_cannot_be_a_subject_token_is_rejected(cfg):
     assert [(p.file, p.path.startswith("workflows.triage.v2")) for p in result.problems] == [
         (str(path), True)
     ]
+
+
+def test_degradation_is_declared_per_workflow_and_defaults_to_fail_closed(cfg):
+    policy = load_dir_or_raise(cfg)
+    assert policy.workflows["support-triage"].degradation == "fail_closed"
+    assert policy.workflows["research-summary"].degradation == "passthrough"
+
+    edit_workflows(cfg, lambda wfs: wfs["research-summary"].pop("degradation"))
+    assert load_dir_or_raise(cfg).workflows["research-summary"].degradation == "fail_closed"
+
+
+def test_an_unknown_degradation_mode_names_file_and_path(cfg):
+    path = edit_workflows(cfg, lambda wfs: wfs["support-triage"].update(degradation="allow"))
+
+    problem = only_problem(load_dir(cfg))
+
+    assert (problem.file, problem.path) == (str(path), "workflows.support-triage.degradation")

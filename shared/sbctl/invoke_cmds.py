@@ -15,6 +15,7 @@ from shared.contracts import (
     Event,
     FallbackEvent,
     InvocationEvent,
+    PassthroughEvent,
     ProviderBlockEvent,
     RateLimitEvent,
     TraceReply,
@@ -134,4 +135,6 @@ def _detail(e: Event) -> str:
             return f"version {e.version} {e.action} by {e.applied_by}"
         case ProviderBlockEvent():
             return f"{e.provider} {'blocked' if e.blocked else 'unblocked'}: {e.reason}"
+        case PassthroughEvent():
+            return f"UNENFORCED {e.status.value} via {e.provider}/{e.model} by agent {e.agent}: {e.reason}"
     return ""

@@ -100,6 +100,7 @@ class Client:
                         max_reconnect_attempts=-1,
                         reconnect_time_wait=0.5,
                         reconnected_cb=self._on_reconnect,
+                        error_cb=self._on_error,
                     ),
                     timeout=self.connect_timeout,
                 )
@@ -160,6 +161,9 @@ class Client:
                 pass
         self._keep_connecting()
         return None
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.debug("nats error", extra={"error": repr(exc)})  # an outage is handled per invocation
 
     async def _on_reconnect(self) -> None:
         self._spawn(self._upload())
@@ -278,6 +282,7 @@ class Client:
             event_id=uuid.uuid4().hex,
             ts=time.time(),
             env=self.env,
+            service="sdk",
             invocation_id=request.invocation_id,
             trace_id=tracing.trace_id_hex(),
             config_version=plan.config_version or "unknown",

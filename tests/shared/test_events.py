@@ -25,6 +25,7 @@ from shared.contracts import (
     EventKind,
     FallbackEvent,
     InvocationEvent,
+    PassthroughEvent,
     ProviderBlockEvent,
     RateLimitEvent,
     RateLimitSource,
@@ -123,6 +124,16 @@ def samples(iid: str) -> list[Event]:
         ProviderBlockEvent(
             provider="openai-sim", blocked=True, reason="outage", by="ops@host", config_version=VERSION
         ),
+        PassthroughEvent(
+            **scoped,
+            reason="cannot reach NATS",
+            agent="triage-bot",
+            status=Status.SUCCESS,
+            provider="anthropic-sim",
+            model="claude-sim-sonnet",
+            prompt_tokens=12,
+            completion_tokens=5,
+        ),
     ]
 
 
@@ -188,9 +199,9 @@ async def test_every_kind_walks_from_emit_through_the_recorder_to_sbctl_trace(st
     async def traced() -> TraceReply | None:
         code, out, _ = await run_sbctl(stack.infra, "trace", iid, "--env", stack.env, "--json")
         reply = codec.decode(out.encode(), TraceReply) if code == 0 else None
-        return reply if reply and reply.invocation and len(reply.events) == 7 else None
+        return reply if reply and reply.invocation and len(reply.events) == 8 else None
 
-    reply = await wait_for(traced, timeout=30, interval=0.2, message="sbctl trace to show seven events")
+    reply = await wait_for(traced, timeout=30, interval=0.2, message="sbctl trace to show eight events")
     assert reply.invocation.model_dump() == sent[EventKind.INVOCATION].model_dump()
     by_kind = {e.kind: e for e in reply.events}
     scoped = set(EventKind) - {EventKind.CONFIG, EventKind.PROVIDER_BLOCK}
@@ -216,5 +227,6 @@ async def test_every_kind_walks_from_emit_through_the_recorder_to_sbctl_trace(st
         "session: session budget exceeded",
         "allow: nothing is serving the budget",
         "fallback via anthropic-sim/claude-sim-sonnet",
+        "UNENFORCED success via anthropic-sim/claude-sim-sonnet by agent triage-bot: cannot reach NATS",
     ):
         assert line in out, line

@@ -12,7 +12,7 @@ BOOTSTRAP_PYTHON ?= $(shell command -v python3.11 || command -v python3)
 PYTEST_ARGS ?=
 RUN_ARGS ?=
 
-.PHONY: help setup infra run run-demo test lint bench bench-compare clean
+.PHONY: help setup infra run run-demo test faults lint bench bench-compare clean
 
 help: ## list targets
 	@echo "Switchboard make targets:"
@@ -42,6 +42,9 @@ run-demo: infra ## like run, but exit after the demo (for scripts)
 
 test: infra ## run the test suite (PYTEST_ARGS=... to pass options)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+faults: setup ## the full fault suite on its own NATS/Redis/PostgreSQL; writes docs/reliability.md
+	$(PY) -m tests.faults.suite --report docs/reliability.md
 
 lint: setup ## ruff lint + format check
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

@@ -304,6 +304,8 @@ class Client:
         )
         await asyncio.to_thread(self._journal.append, event)
         self._unsent = True
+        if self.connected:  # NATS is up but no gateway answers: the audit stream may still take it
+            self._spawn(self._upload())
         return result
 
     async def _upload(self) -> int:

@@ -168,3 +168,43 @@ async def test_a_workflow_never_learned_fails_closed(tmp_path):
         with pytest.raises(ControlPlaneUnavailable) as caught:
             await sb.invoke(PASSTHROUGH, "unknown mode")
     assert "no known degradation mode" in caught.value.message
+
+
+async def test_passthrough_walks_the_tiers_when_a_provider_fails(plane, own_nats, tmp_path):
+    async with Client(own_nats.url, env=plane.env, state_dir=tmp_path / "agent-state") as sb:
+        await _learned(sb, PASSTHROUGH)
+        await own_nats.stop(signal.SIGKILL)
+        await wait_for(lambda: not sb.connected, message="the SDK to see NATS gone")
+        await plane.sim.control.add_fault("500", provider="anthropic-sim")
+
+        result = await sb.invoke(PASSTHROUGH, "primary is down", invocation_id="pt-fallback")
+        await plane.sim.control.add_fault("500")  # now every provider
+        failed = await sb.invoke(PASSTHROUGH, "all down", invocation_id="pt-all-down")
+
+        assert result.status is Status.FALLBACK and result.enforced is False
+        assert [(a.provider, a.outcome.value, a.status_code) for a in result.attempts] == [
+            ("anthropic-sim", "server_error", 500),
+            ("openai-sim", "ok", None),
+        ]
+        assert failed.status is Status.ERROR and failed.error.code == "all_tiers_failed"
+        assert [a.outcome.value for a in failed.attempts] == ["server_error"] * 3
+        await own_nats.start()
+        await wait_for(lambda: sb.pending_records() == 0, timeout=30, message="records uploaded")
+    rows = await wait_for(lambda: _rows_if(plane, ["pt-fallback", "pt-all-down"], 2), timeout=30)
+    assert sorted(r["status"] for r in rows) == ["error", "fallback"]
+
+
+async def test_no_gateway_with_nats_up_passes_through_and_uploads_at_once(plane, own_nats, tmp_path):
+    async with Client(own_nats.url, env=plane.env, state_dir=tmp_path / "agent-state") as sb:
+        await _learned(sb, PASSTHROUGH, FAIL_CLOSED)
+        await plane.stop("gateway")
+        before = await _provider_calls(plane)
+
+        result = await sb.invoke(PASSTHROUGH, "no gateway", invocation_id="pt-no-gateway")
+        with pytest.raises(ControlPlaneUnavailable):
+            await sb.invoke(FAIL_CLOSED, "no gateway")
+
+        assert result.status is Status.SUCCESS and result.enforced is False
+        assert await _provider_calls(plane) == before + 1
+        rows = await wait_for(lambda: _rows_if(plane, ["pt-no-gateway"], 1), timeout=30)
+    assert rows[0]["reason"] == "no gateway is serving this environment"

@@ -193,9 +193,10 @@ class World:
             await self.simctl.aclose()
         if self.sim is not None:
             await self.sim.kill(signal.SIGTERM)
-        for server in (self.nats, self.redis, self.postgres):
+        for server in (self.nats, self.redis):
             with contextlib.suppress(Exception):
                 await server.stop()
+        await self.postgres.destroy()
 
 
 # --- faults --------------------------------------------------------------------------------

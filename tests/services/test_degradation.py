@@ -34,7 +34,7 @@ async def own_postgres(tmp_path):
     server = await PostgresServer(tmp_path).start()
     await migrate.apply(server.url, verbose=False)
     yield server
-    await server.stop()
+    await server.destroy()
 
 
 @pytest.fixture

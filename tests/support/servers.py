@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 from pathlib import Path
 
 from tests.support.helpers import free_port
@@ -121,6 +122,12 @@ class PostgresServer(_Server):
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
+        # Its own directory straight under the system temp dir: the postgres user must reach it,
+        # and pytest (any session on the machine) resets its own base temp dir to mode 0700.
+        shutil.rmtree(self.root, ignore_errors=True)
+        self.root = Path(tempfile.mkdtemp(prefix="sb-postgres-"))
+        os.chmod(self.root, 0o755)
+        self.log = self.root / "server.log"
         found = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
         if not found:
             raise AssertionError("no PostgreSQL binaries under /usr/lib/postgresql/*/bin")
@@ -150,11 +157,6 @@ class PostgresServer(_Server):
         if not self.data.exists():
             if self._root:
                 shutil.chown(self.root, "postgres")
-                os.chmod(self.root, 0o755)
-                for parent in self.root.parents:  # the postgres user must reach its data dir
-                    if parent == Path("/") or parent.stat().st_mode & 0o001:
-                        continue
-                    os.chmod(parent, parent.stat().st_mode | 0o001)
             await asyncio.to_thread(
                 subprocess.run,
                 [str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust"],
@@ -179,3 +181,8 @@ class PostgresServer(_Server):
     async def stop(self, sig: int = signal.SIGINT, timeout: float = 30.0) -> None:
         """SIGINT is PostgreSQL's fast shutdown; SIGKILL a crash (the next start recovers)."""
         await super().stop(sig, timeout)
+
+    async def destroy(self) -> None:
+        """Stop and remove the data directory."""
+        await self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)

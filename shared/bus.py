@@ -27,7 +27,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from pydantic import BaseModel
 
-from shared import codec, errors, names
+from shared import codec, errors, names, service_api
 from shared.contracts import Event
 from shared.telemetry import metrics, tracing
 
@@ -53,6 +53,8 @@ class Bus:
         self._slots = asyncio.Semaphore(max_inflight)
         self._subs: list = []
         self._tracer = tracing.tracer(f"switchboard.{service}")
+        self.endpoints: list[service_api.Endpoint] = []
+        self._registration: service_api.Registration | None = None
 
     @classmethod
     async def connect(
@@ -131,11 +133,14 @@ class Bus:
         handler: Callable[[M, Msg], Awaitable[BaseModel | None]],
         on_error: Callable[[errors.SwitchboardError, bytes], BaseModel],
     ) -> None:
-        """Answer `subject` in `queue` with `handler`; `on_error` shapes error replies."""
+        """Answer `subject` in `queue` with `handler`; `on_error` shapes error replies. The
+        subscription is an endpoint of the service API (`register`)."""
+        endpoint = service_api.Endpoint(service_api.endpoint_name(subject), subject, queue)
+        self.endpoints.append(endpoint)
 
         async def run(msg: Msg) -> None:
             try:
-                await self._handle(msg, request_model, handler, on_error)
+                await self._handle(msg, endpoint, request_model, handler, on_error)
             finally:
                 self._slots.release()
 
@@ -150,7 +155,9 @@ class Bus:
         # otherwise a request sent right after start-up can meet "no responders".
         await self.nc.flush()
 
-    async def _handle(self, msg, request_model, handler, on_error) -> None:
+    async def _handle(self, msg, endpoint, request_model, handler, on_error) -> None:
+        started = time.perf_counter_ns()
+        error_code = None
         ctx = tracing.extract(msg.headers)
         with self._tracer.start_as_current_span(
             f"{self.service} {msg.subject.split('.', 2)[-1]}", context=ctx, kind=SpanKind.SERVER
@@ -169,15 +176,30 @@ class Bus:
                 if isinstance(exc, errors.InvalidRequest):
                     metrics.BAD_REQUESTS.labels(self.service, exc.code).inc()
                 span.set_attribute("switchboard.error_code", exc.code)
+                error_code = exc.code
                 reply = on_error(exc, msg.data)
             except Exception as exc:
                 metrics.HANDLER_ERRORS.labels(self.service).inc()
                 span.record_exception(exc)
                 span.set_status(trace.Status(trace.StatusCode.ERROR))
                 log.exception("handler failed", extra={"subject": msg.subject})
-                reply = on_error(errors.SwitchboardError(f"internal error: {type(exc).__name__}"), msg.data)
+                internal = errors.SwitchboardError(f"internal error: {type(exc).__name__}")
+                error_code = internal.code
+                reply = on_error(internal, msg.data)
             if reply is not None:
                 await self.reply(msg, reply)
+        endpoint.record(time.perf_counter_ns() - started, error_code)
+
+    async def register(self) -> None:
+        """Answer the NATS service API ($SRV.PING/INFO/STATS) for this process's endpoints."""
+        self._registration = await service_api.register(
+            self.nc, service=self.service, env=self.env, endpoints=self.endpoints
+        )
+
+    @property
+    def service_id(self) -> str | None:
+        """This replica's id in the service API (None until registered)."""
+        return self._registration.id if self._registration else None
 
     async def reply(self, msg: Msg, body: BaseModel) -> None:
         await self.reply_raw(msg, codec.encode(body))
@@ -275,6 +297,8 @@ class Bus:
     async def stop_serving(self, timeout: float) -> None:
         """Unsubscribe every handler after it has taken what was buffered; await in-flight work."""
         deadline = time.monotonic() + timeout
+        if self._registration is not None:  # discovery stops listing a replica that is leaving
+            await self._registration.stop()
         for sub in self._subs:
             try:
                 await sub.drain()  # hands buffered messages to the handler, then unsubscribes

@@ -95,3 +95,9 @@ def events_stream(env: str) -> str:
 
 def config_bucket(env: str) -> str:
     return f"sb_{env}_config".replace("-", "_")
+
+
+def service_api(verb: str, service: str | None = None, service_id: str | None = None) -> str:
+    """The NATS service API's subjects (not env-scoped: answers carry `env` in their metadata):
+    `$SRV.<verb>` asks every service, then narrower by name and by replica id."""
+    return ".".join(["$SRV", verb, *(part for part in (service, service_id) if part)])

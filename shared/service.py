@@ -95,6 +95,7 @@ class Service:
                 await self.config.start()
                 stack.push_async_callback(self.config.stop)
             await self.setup(stack)
+            await self.bus.register()
             self.ops = OpsServer(s.http_host, s.http_port, self.health, self.ready)
             await self.ops.start()
             stack.push_async_callback(self.ops.stop)

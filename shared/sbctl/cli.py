@@ -9,7 +9,7 @@ import os
 import sys
 
 from shared import errors, names
-from shared.sbctl import budget_cmds, config_cmds, drill_cmds, invoke_cmds, provider_cmds
+from shared.sbctl import budget_cmds, config_cmds, drill_cmds, invoke_cmds, provider_cmds, status_cmds
 from shared.sbctl.output import fail
 from shared.settings import Settings
 from shared.telemetry.tracing import setup_tracing
@@ -86,6 +86,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", type=float, default=15.0, help="seconds to wait for the audit log")
     _common(p)
     p.set_defaults(func=drill_cmds.provider_outage)
+
+    p = sub.add_parser(
+        "status", help="every service replica: version, uptime, requests and errors per endpoint"
+    )
+    p.add_argument("--wait", type=float, default=1.0, help="seconds to collect answers")
+    _common(p)
+    p.set_defaults(func=status_cmds.status)
 
     p = sub.add_parser("trace", help="an invocation as recorded in the audit log")
     p.add_argument("invocation_id")

@@ -1,0 +1,98 @@
+"""The NATS service API: every service answers $SRV.PING/INFO/STATS as nats.micro does, one
+answer per replica, with its version, environment and per-endpoint counts; `sbctl status`
+shows them."""
+
+from __future__ import annotations
+
+import json
+
+import nats
+from nats.micro.service import ServiceInfo, ServicePing, ServiceStats
+
+from shared import names
+from shared.contracts import Status
+from shared.service_api import version
+from tests.support.fallback import extra_service
+from tests.support.helpers import run_sbctl
+from tests.support.stack import SERVICES
+
+ENDPOINTS = {
+    "gateway": {"invoke"},
+    "router": {"router-plan", "router-outcome", "router-status", "router-block"},
+    "budget": {"budget-reserve", "budget-settle", "budget-show"},
+    "recorder": {"recorder-trace", "recorder-count"},
+}
+
+
+async def gather(nc, subject: str, count: int) -> list[dict]:
+    """Answers to one request on `subject` from every responder, until `count` have come."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    await nc.publish(subject, b"", reply=inbox)
+    answers = []
+    try:
+        while len(answers) < count:
+            msg = await sub.next_msg(timeout=5)
+            answers.append(json.loads(msg.data))
+    finally:
+        await sub.unsubscribe()
+    return answers
+
+
+async def test_each_replica_answers_ping_info_and_stats_with_exact_counts(running):
+    client = await running.client()
+    results = [await client.invoke("support-triage", f"hello {i}") for i in range(3)]
+    assert [r.status for r in results] == [Status.SUCCESS] * 3
+    bad = await client.invoke("no-such-flow", "hello")  # refused: an error reply
+    assert bad.error.code == "unknown_workflow"
+
+    async with extra_service(SERVICES["router"][0](running.settings("router"))) as second_router:
+        nc = await nats.connect(running.infra.nats_url)
+        try:
+            pings = await gather(nc, names.service_api("PING", "switchboard-router"), 2)
+            ids = {second_router.bus.service_id, running["router"].bus.service_id}
+            mine = [ServicePing.from_dict(p) for p in pings if p["id"] in ids]
+            assert len(mine) == 2 and {p.version for p in mine} == {version()}
+
+            for service, endpoints in ENDPOINTS.items():
+                sid = running[service].bus.service_id
+                [info] = await gather(nc, names.service_api("INFO", f"switchboard-{service}", sid), 1)
+                info = ServiceInfo.from_dict(info)
+                assert (info.name, info.version, info.metadata["env"]) == (
+                    f"switchboard-{service}",
+                    version(),
+                    running.env,
+                )
+                assert {e.name for e in info.endpoints} == endpoints
+
+            gateway_id = running["gateway"].bus.service_id
+            [stats] = await gather(nc, names.service_api("STATS", "switchboard-gateway", gateway_id), 1)
+        finally:
+            await nc.close()
+        stats = ServiceStats.from_dict(stats)
+        [invoke] = stats.endpoints
+        assert (invoke.num_requests, invoke.num_errors, invoke.last_error) == (4, 1, "unknown_workflow")
+        assert invoke.subject == names.invoke_wildcard(running.env)
+        assert invoke.average_processing_time > 0
+
+        code, out, err = await run_sbctl(running.infra, "status", "--env", running.env, "--json")
+        assert code == 0, err
+        replicas = json.loads(out)["replicas"]
+        assert sorted(r["service"] for r in replicas) == ["budget", "gateway", "recorder", "router", "router"]
+        assert {r["id"] for r in replicas if r["service"] == "router"} == ids
+        [gateway] = [r for r in replicas if r["service"] == "gateway"]
+        assert [(e["name"], e["requests"], e["errors"]) for e in gateway["endpoints"]] == [("invoke", 4, 1)]
+        [budget] = [r for r in replicas if r["service"] == "budget"]
+        reserve = next(e for e in budget["endpoints"] if e["name"] == "budget-reserve")
+        assert (reserve["requests"], reserve["errors"]) == (3, 0)
+
+        code, out, err = await run_sbctl(running.infra, "status", "--env", running.env)
+        assert code == 0, err
+        assert out.splitlines()[0].split()[:3] == ["SERVICE", "ID", "VERSION"]
+        assert sum(line.startswith("router ") for line in out.splitlines()) == 2 * len(ENDPOINTS["router"])
+
+
+async def test_status_of_an_environment_with_nothing_running_says_so(stack):
+    code, out, _ = await run_sbctl(stack.infra, "status", "--env", stack.env, "--wait", "0.3")
+    assert code == 1
+    assert f"no Switchboard service answered in env {stack.env}" in out

@@ -18,7 +18,7 @@ from tests.support.stack import SERVICES
 
 ENDPOINTS = {
     "gateway": {"invoke"},
-    "router": {"router-plan", "router-outcome", "router-status", "router-block"},
+    "router": {"router-plan", "router-outcome", "router-status", "router-block", "degradation"},
     "budget": {"budget-reserve", "budget-settle", "budget-show"},
     "recorder": {"recorder-trace", "recorder-count"},
 }

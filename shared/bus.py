@@ -27,8 +27,9 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from pydantic import BaseModel
 
-from shared import codec, errors, names, service_api
+from shared import codec, errors, names, nats_auth, service_api
 from shared.contracts import Event
+from shared.settings import Settings
 from shared.telemetry import metrics, tracing
 
 log = logging.getLogger("switchboard.bus")
@@ -67,7 +68,11 @@ class Bus:
         max_inflight: int = 512,
         connect_timeout: float = 2.0,
         first_connect_s: float = 10.0,
+        settings: Settings | None = None,
     ) -> Bus:
+        """Connect as the NATS user of `service` (sbctl: the operator), with the credentials and
+        TLS of `settings` (by default read from the environment)."""
+
         async def on_error(exc: Exception) -> None:
             log.warning("nats error", extra={"error": repr(exc)})
 
@@ -93,6 +98,7 @@ class Bus:
                     disconnected_cb=on_disconnect,
                     reconnected_cb=on_reconnect,
                     drain_timeout=5,
+                    **nats_auth.connect_options(settings or Settings(), _role_user(service)),
                 ),
                 timeout=first_connect_s,
             )
@@ -314,3 +320,7 @@ class Bus:
                 await self.nc.drain()
             except Exception:
                 await self.nc.close()
+
+
+def _role_user(service: str) -> str:
+    return nats_auth.OPERATOR if service == "sbctl" else service

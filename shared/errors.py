@@ -32,6 +32,18 @@ class UnknownWorkflow(SwitchboardError):
     code = "unknown_workflow"
 
 
+class AgentMismatch(InvalidRequest):
+    """The request names an agent other than the one its connection is authenticated as."""
+
+    code = "agent_mismatch"
+
+
+class AgentNotAllowed(SwitchboardError):
+    """Policy does not let this agent invoke this workflow."""
+
+    code = "agent_not_allowed"
+
+
 class DuplicateInFlight(SwitchboardError):
     """The invocation id is already being served; its result will be the first one's."""
 

@@ -36,6 +36,22 @@ def invoke_wildcard(env: str) -> str:
     return f"sb.{env}.invoke.*"
 
 
+def agent_invoke(env: str, agent: str, workflow: str) -> str:
+    """An agent's own invoke subject: NATS permissions let only that agent's user publish here,
+    so the gateway takes the agent's identity from this token."""
+    return f"sb.{env}.agent.{agent}.invoke.{workflow}"
+
+
+def agent_invoke_wildcard(env: str) -> str:
+    return f"sb.{env}.agent.*.invoke.*"
+
+
+def agent_of(subject: str) -> str | None:
+    """The agent token of an agent invoke subject, None for the plain invoke subject."""
+    parts = subject.split(".")
+    return parts[3] if len(parts) == 6 and parts[2] == "agent" and parts[4] == "invoke" else None
+
+
 def result(env: str, invocation_id: str) -> str:
     return f"sb.{env}.result.{invocation_id}"
 

@@ -87,6 +87,7 @@ class Service:
                 service=self.name,
                 max_payload=s.max_payload_bytes,
                 max_inflight=s.max_inflight,
+                settings=s,
             )
             stack.push_async_callback(self.bus.close)
             await self.bus.ensure_events_stream()  # every service emits events
@@ -136,8 +137,8 @@ class Service:
         if self.config is not None:
             body["config_version"] = self.config_version
             body["config_source"] = "files" if self.config.loaded and self.config.active.number == 0 else "kv"
-            if self.config.last_error:
-                body["config_error"] = self.config.last_error
+            if self.config.last_error:  # a summary only: the reason is in the log, not for any caller
+                body["config_error"] = f"a policy version was rejected; running {self.config_version}"
         body.update(self.health_details())
         return body
 

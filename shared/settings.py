@@ -6,8 +6,10 @@ keys; the object is built once at start-up and passed down, never re-read.
 
 from __future__ import annotations
 
-from pydantic import field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing import Annotated
+
+from pydantic import SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared import names
 
@@ -28,6 +30,41 @@ class Settings(BaseSettings):
     request_timeout_s: float = 2.0
     drain_timeout_s: float = 20.0
     log_level: str = "INFO"
+
+    # What policy may name, fixed by the deployment: the environment variables a provider's key may
+    # be read from, and the hosts a provider's base_url may point at (`*.example.com` matches
+    # subdomains). Comma-separated in the environment. Policy naming anything else is rejected.
+    provider_key_envs: Annotated[list[str], NoDecode] = [
+        "OPENAI_API_KEY",
+        "ANTHROPIC_API_KEY",
+        "SB_OPENAI_SIM_API_KEY",
+        "SB_ANTHROPIC_SIM_API_KEY",
+    ]
+    provider_hosts: Annotated[list[str], NoDecode] = [
+        "api.openai.com",
+        "api.anthropic.com",
+        "127.0.0.1",
+        "localhost",
+    ]
+
+    # NATS authentication (all optional: unset means the open local setup). A process connects as
+    # the user of its role (gateway, router, budget, recorder, hitl, operator for sbctl,
+    # agent-<name> for an agent), or `nats_user` when set; the password comes from
+    # `nats_password_file`, else `<nats_credentials_dir>/<user>`, else `nats_password`.
+    nats_user: str | None = None
+    nats_password: SecretStr | None = None
+    nats_password_file: str | None = None
+    nats_credentials_dir: str | None = None
+    nats_tls_ca: str | None = None  # CA bundle that signed the server's certificate; enables TLS
+    nats_tls_cert: str | None = None  # client certificate and key, when the server verifies clients
+    nats_tls_key: str | None = None
+
+    @field_validator("provider_key_envs", "provider_hosts", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
     @field_validator("env")
     @classmethod

@@ -11,7 +11,7 @@ from contextlib import AsyncExitStack
 import orjson
 from nats.aio.msg import Msg
 
-from services.gateway import access_log
+from services.gateway import access_log, identity
 from services.gateway.idempotency import Idempotency, Replay
 from services.gateway.invocation import Invocation
 from services.gateway.outcomes import OutcomeReporter
@@ -46,13 +46,9 @@ class GatewayService(Service):
         self.outcomes = OutcomeReporter(self.bus, self.settings.env)
         self.outcomes.successes.start()
         stack.push_async_callback(self.outcomes.successes.close)
-        await self.bus.serve(
-            names.invoke_wildcard(self.settings.env),
-            names.GATEWAY_QUEUE,
-            InvokeRequest,
-            self.invoke,
-            self._error_reply,
-        )
+        env = self.settings.env
+        for subject in (names.invoke_wildcard(env), names.agent_invoke_wildcard(env)):
+            await self.bus.serve(subject, names.GATEWAY_QUEUE, InvokeRequest, self.invoke, self._error_reply)
 
     async def invoke(self, req: InvokeRequest, msg: Msg) -> None:
         started = time.perf_counter()
@@ -65,6 +61,13 @@ class GatewayService(Service):
         if workflow is None:
             raise errors.UnknownWorkflow(f"no workflow named {req.workflow!r} in policy {active.version}")
         in_flight_ttl = sum(t.timeout_ms for t in workflow.tiers) / 1000 + 30
+        req, refusal = identity.admit(req, msg.subject, active.policy)
+        if refusal is not None:  # refused before any work, answered and recorded
+            run = Invocation(self, req, active, workflow, started)
+            result = run.failed(refusal)
+            await self.bus.reply(msg, result)
+            run.record(result)
+            return
         try:
             digest = await self.idempotency.begin(req, in_flight_ttl)
         except Replay as replay:  # a retry of a finished invocation: its first reply, nothing else

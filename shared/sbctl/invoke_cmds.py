@@ -37,10 +37,12 @@ def _metadata(pairs: list[str]) -> dict:
 
 async def invoke(args, settings) -> int:
     try:
-        async with Client(settings.nats_url, env=args.env, agent="sbctl") as sb:
+        # The operator's own subject (not an agent's): "sbctl" is a label, not an identity.
+        async with Client(settings.nats_url, env=args.env) as sb:
             result = await sb.invoke(
                 args.workflow,
                 args.text,
+                agent="sbctl",
                 session_id=args.session,
                 max_tokens=args.max_tokens,
                 metadata=_metadata(args.meta),

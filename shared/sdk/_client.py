@@ -16,7 +16,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from opentelemetry.trace import SpanKind
 
-from shared import codec, errors, names
+from shared import codec, errors, names, nats_auth
 from shared.contracts import (
     Degradation,
     DegradationPlan,
@@ -66,10 +66,11 @@ class Client:
         state_dir: str | os.PathLike | None = None,
     ) -> None:
         settings = Settings()
+        self.settings = settings
         self.nats_url = nats_url or settings.nats_url
         self.env = names.check_env(env or settings.env)
         self.connect_timeout = connect_timeout
-        self.agent = agent
+        self.agent = nats_auth.check_agent(agent) if agent else None
         self.default_timeout = default_timeout
         self._nc: NATS | None = None
         self._journal = Journal(state_dir, self.env)
@@ -101,6 +102,7 @@ class Client:
                         reconnect_time_wait=0.5,
                         reconnected_cb=self._on_reconnect,
                         error_cb=self._on_error,
+                        **nats_auth.connect_options(self.settings, self._user),
                     ),
                     timeout=self.connect_timeout,
                 )
@@ -120,6 +122,17 @@ class Client:
             log.warning("control plane unreachable; degradation modes apply", extra={"error": exc.message})
             self._keep_connecting()
         return self
+
+    @property
+    def _user(self) -> str:
+        """The NATS user this client is: its agent's, or (no agent) the operator's."""
+        return nats_auth.agent_user(self.agent) if self.agent else nats_auth.OPERATOR
+
+    def _subject(self, workflow: str) -> str:
+        """An agent's invocations go to its own subject, where NATS vouches for the name."""
+        if self.agent:
+            return names.agent_invoke(self.env, self.agent, workflow)
+        return names.invoke(self.env, workflow)
 
     async def close(self) -> None:
         """Stop background work and drain the connection; safe to call twice."""
@@ -219,7 +232,7 @@ class Client:
                 return await self._degrade(request, f"cannot reach NATS at {self.nats_url}")
             try:
                 msg = await nc.request(
-                    names.invoke(self.env, request.workflow),
+                    self._subject(request.workflow),
                     codec.encode(request),
                     timeout=timeout,
                     headers=tracing.inject({}),

@@ -21,10 +21,11 @@ from services.gateway.service import GatewayService, GatewaySettings
 from services.recorder.service import RecorderService, RecorderSettings
 from services.router.service import RouterService, RouterSettings
 from services.simulator.app import start as start_simulator
-from shared import keys, names
+from shared import keys, names, nats_auth
 from shared.live_config import ConfigStore, VersionDoc
 from shared.policy import Policy, load_dir_or_raise
 from shared.sdk import Client
+from shared.settings import Settings
 from shared.simctl import SimulatorControl
 from tests.support.infra import Infra
 
@@ -129,7 +130,7 @@ class Stack:
     async def apply(self, policy: dict | None = None, *, wait: bool = True) -> VersionDoc:
         """Apply a policy document as the next live version; wait until every service runs it."""
         doc_policy = Policy.model_validate(policy if policy is not None else self.policy())
-        nc = await nats.connect(self.infra.nats_url)
+        nc = await operator_connect(self.infra.nats_url)
         try:
             doc = await ConfigStore(nc.jetstream(), self.env).apply(doc_policy, applied_by="tests")
         finally:
@@ -161,7 +162,7 @@ class Stack:
 
 async def cleanup_env(infra: Infra, env: str) -> None:
     """Remove everything an environment left in NATS, Redis and PostgreSQL."""
-    nc = await nats.connect(infra.nats_url)
+    nc = await operator_connect(infra.nats_url)
     try:
         js = nc.jetstream()
         with contextlib.suppress(NotFoundError):
@@ -183,6 +184,11 @@ async def cleanup_env(infra: Infra, env: str) -> None:
             await conn.execute(f"delete from {table} where env = $1", env)
     finally:
         await conn.close()
+
+
+async def operator_connect(url: str):
+    """A NATS connection as the operator (credentials from SB_NATS_* when authentication is on)."""
+    return await nats.connect(url, **nats_auth.connect_options(Settings(), nats_auth.OPERATOR))
 
 
 def copy_policy(tmp: Path) -> Path:

@@ -1,0 +1,154 @@
+"""NATS roles from deploy/nats/roles.yaml, on a nats-server of this test's own: for every role,
+each forbidden action is refused by the server and each needed action is allowed.
+
+A probe publishes (or subscribes) as a role's user, then publishes on a subject nobody may use
+(the sentinel). The server handles one connection's messages in order, so the sentinel's
+refusal arriving without a refusal of the probe before it proves the probe was allowed; a
+refusal of the probe proves it was denied. No sleeping, no waiting for silence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats
+import pytest
+
+from shared import names, nats_auth
+from tests.support.nats_server import AuthNats
+
+ENV = "prod"
+AGENTS = ["alice", "bob"]
+SENTINEL = "sb.sentinel.nobody"
+B = names.config_bucket(ENV)
+S = names.events_stream(ENV)
+
+
+def sb(rest: str) -> str:
+    return f"sb.{ENV}.{rest}"
+
+
+ALLOW, DENY = "allow", "deny"
+PUB, SUB = "pub", "sub"
+
+# (user, allow/deny, pub/sub, subject): what each role must and must not be able to do.
+PROBES = [
+    # agent: invoke only as itself; nothing else
+    ("agent-alice", ALLOW, PUB, sb("agent.alice.invoke.support-triage")),
+    ("agent-alice", ALLOW, SUB, "_INBOX.agent-alice.x"),
+    ("agent-alice", DENY, PUB, sb("agent.bob.invoke.support-triage")),  # invoke as another agent
+    ("agent-alice", DENY, PUB, sb("invoke.support-triage")),  # the operators' (label) subject
+    ("agent-alice", DENY, PUB, sb("budget.settle")),  # settle (release a reservation)
+    ("agent-alice", DENY, PUB, sb("budget.reserve")),
+    ("agent-alice", DENY, PUB, f"$KV.{B}.policy"),  # write the policy bucket
+    ("agent-alice", DENY, PUB, f"$JS.API.STREAM.DELETE.KV_{B}"),
+    ("agent-alice", DENY, PUB, sb("events.invocation")),  # publish (forge) an event
+    ("agent-alice", DENY, PUB, sb("router.block")),  # block a provider
+    ("agent-alice", DENY, PUB, sb("router.plan")),
+    ("agent-alice", DENY, SUB, "_INBOX.>"),  # read others' replies
+    ("agent-alice", DENY, SUB, "_INBOX.agent-bob.>"),
+    ("agent-alice", DENY, SUB, sb("agent.*.invoke.*")),  # read others' prompts
+    ("agent-alice", DENY, SUB, sb("events.>")),
+    # gateway: the only asker of router and budget; serves both invoke subjects
+    ("gateway", ALLOW, SUB, sb("invoke.*")),
+    ("gateway", ALLOW, SUB, sb("agent.*.invoke.*")),
+    ("gateway", ALLOW, PUB, sb("router.plan")),
+    ("gateway", ALLOW, PUB, sb("budget.reserve")),
+    ("gateway", ALLOW, PUB, sb("budget.settle")),
+    ("gateway", ALLOW, PUB, sb("events.invocation")),
+    ("gateway", DENY, PUB, f"$KV.{B}.policy"),
+    ("gateway", DENY, PUB, sb("router.block")),
+    ("gateway", DENY, PUB, sb("invoke.support-triage")),
+    ("gateway", DENY, SUB, "_INBOX.>"),
+    # router
+    ("router", ALLOW, SUB, sb("router.plan")),
+    ("router", ALLOW, PUB, sb("events.rate_limit")),
+    ("router", DENY, PUB, sb("budget.settle")),
+    ("router", DENY, PUB, f"$KV.{B}.policy"),
+    ("router", DENY, SUB, sb("invoke.*")),
+    ("router", DENY, SUB, sb("budget.>")),
+    # budget
+    ("budget", ALLOW, SUB, sb("budget.reserve")),
+    ("budget", ALLOW, PUB, sb("events.budget_breach")),
+    ("budget", DENY, PUB, sb("router.block")),
+    ("budget", DENY, PUB, f"$KV.{B}.policy"),
+    ("budget", DENY, SUB, sb("invoke.*")),
+    # recorder
+    ("recorder", ALLOW, SUB, sb("recorder.trace")),
+    ("recorder", ALLOW, PUB, f"$JS.API.CONSUMER.MSG.NEXT.{S}.recorder"),
+    ("recorder", ALLOW, PUB, f"$JS.ACK.{S}.recorder.1.1.1.1.1"),
+    ("recorder", DENY, PUB, sb("budget.settle")),
+    ("recorder", DENY, PUB, f"$KV.{B}.policy"),
+    ("recorder", DENY, PUB, f"$JS.API.STREAM.DELETE.{S}"),
+    ("recorder", DENY, SUB, sb("invoke.*")),
+    # hitl
+    ("hitl", ALLOW, PUB, sb("result.inv-1")),
+    ("hitl", ALLOW, SUB, sb("hitl.review")),
+    ("hitl", DENY, PUB, sb("budget.settle")),
+    ("hitl", DENY, PUB, f"$KV.{B}.policy"),
+    ("hitl", DENY, PUB, sb("invoke.support-triage")),
+    # operator (sbctl): policy, levers, the label invoke subject; never an agent, a settle or an event
+    ("operator", ALLOW, PUB, f"$KV.{B}.policy"),
+    ("operator", ALLOW, PUB, sb("router.block")),
+    ("operator", ALLOW, PUB, sb("budget.show")),
+    ("operator", ALLOW, PUB, sb("invoke.support-triage")),
+    ("operator", ALLOW, PUB, sb("events.config")),  # the record of a policy change it made
+    ("operator", DENY, PUB, sb("agent.alice.invoke.support-triage")),
+    ("operator", DENY, PUB, sb("budget.settle")),
+    ("operator", DENY, PUB, sb("budget.reserve")),
+    ("operator", DENY, PUB, sb("events.invocation")),
+    ("operator", DENY, SUB, sb("invoke.*")),
+    # another environment is out of reach of a deployment generated for this one
+    ("agent-alice", DENY, PUB, "sb.staging.agent.alice.invoke.support-triage"),
+    ("gateway", DENY, SUB, "sb.staging.invoke.*"),
+]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    nats_server = AuthNats(tmp_path_factory.mktemp("nats-roles"), AGENTS, env=ENV).start()
+    yield nats_server
+    nats_server.stop()
+
+
+async def _connect(server: AuthNats, user: str, refusals: asyncio.Queue):
+    async def on_error(exc: Exception) -> None:
+        await refusals.put(str(exc))
+
+    return await nats.connect(
+        server.url,
+        user=user,
+        password=server.password(user),
+        inbox_prefix=nats_auth.inbox_prefix(user),
+        error_cb=on_error,
+        allow_reconnect=False,
+    )
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(("user", "verdict", "action", "subject"), PROBES, ids=lambda v: str(v))
+async def test_role_permission(server, user, verdict, action, subject):
+    refusals: asyncio.Queue = asyncio.Queue()
+    nc = await _connect(server, user, refusals)
+    try:
+        if action == PUB:
+            await nc.publish(subject, b"{}")
+        else:
+            await nc.subscribe(subject)
+        await nc.publish(SENTINEL, b"")
+        await nc.flush()
+        first = await asyncio.wait_for(refusals.get(), timeout=10)
+    finally:
+        await nc.close()
+    first = first.lower()  # nats-py lower-cases the server's message
+    refused_probe = f'"{subject.lower()}"' in first and SENTINEL not in first
+    kind = "publish to" if action == PUB else "subscription to"
+    if verdict == DENY:
+        assert refused_probe and kind in first, f"{user} {action} {subject} was not refused: {first}"
+    else:
+        assert SENTINEL in first, f"{user} {action} {subject} was refused: {first}"
+
+
+async def test_wrong_password_is_refused(server):
+    with pytest.raises(Exception, match=r"(?i)authorization"):
+        await nats.connect(server.url, user="agent-alice", password="not-it", allow_reconnect=False)

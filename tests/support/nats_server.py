@@ -1,0 +1,86 @@
+"""A nats-server of a test's own (the machine's binary, another port): authentication from
+deploy/nats/generate.py, JetStream in a temporary folder; never the machine's shared server."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+GENERATE = REPO / "deploy" / "nats" / "generate.py"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class AuthNats:
+    """nats-server with the generated users; passwords in `credentials` (one file per user)."""
+
+    def __init__(self, root: Path, agents: list[str], env: str = "*") -> None:
+        self.root = root
+        self.agents = agents
+        self.env = env
+        self.credentials = root / "credentials"
+        self.log = root / "nats.log"
+        self.port = 0
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def password(self, user: str) -> str:
+        return (self.credentials / user).read_text().strip()
+
+    def violations(self) -> str:
+        return "\n".join(line for line in self.log.read_text().splitlines() if "Violation" in line)
+
+    def start(self) -> AuthNats:
+        binary = shutil.which("nats-server")
+        if binary is None:
+            pytest.fail("nats-server is not installed (deploy/local/infra.sh installs it)", pytrace=False)
+        command = [sys.executable, str(GENERATE), "--env", self.env, "--create"]
+        command += ["--credentials-dir", str(self.credentials)]
+        command += [a for name in self.agents for a in ("--agent", name)]
+        auth = subprocess.run(
+            command,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        (self.root / "auth.conf").write_text(auth)
+        self.port = _free_port()
+        (self.root / "server.conf").write_text(
+            f'listen: "127.0.0.1:{self.port}"\n'
+            f'jetstream {{ store_dir: "{self.root / "js"}" }}\n'
+            'include "auth.conf"\n'
+        )
+        self._proc = subprocess.Popen(
+            [binary, "-c", str(self.root / "server.conf"), "-l", str(self.log)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                if self._proc.poll() is not None:
+                    raise RuntimeError(f"nats-server exited: {self.log.read_text()}") from None
+                time.sleep(0.05)
+        raise RuntimeError("nats-server did not start within 10 s")
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            self._proc.wait(timeout=10)

@@ -213,6 +213,7 @@ class ReserveRequest(Strict):
     invocation_id: str
     workflow: str
     session_id: str | None = None
+    agent: str | None = None  # the authenticated agent: its own budget is held in the same step
     estimated_prompt_tokens: int = Field(ge=0, le=1_000_000_000)
     max_tokens: int | None = Field(default=None, gt=0, le=1_000_000_000)
     model: str | None = None
@@ -222,6 +223,8 @@ class BudgetScope(StrEnum):
     INVOCATION = "invocation"  # the workflow's per-invocation token ceiling
     SESSION = "session"  # the session's rolling token budget
     SPEND = "spend"  # the workflow's daily spend ceiling in USD
+    AGENT_TOKENS = "agent_tokens"  # the agent's rolling token budget, across workflows
+    AGENT_SPEND = "agent_spend"  # the agent's daily spend ceiling in USD, across workflows
 
 
 class Breach(Open):
@@ -245,6 +248,7 @@ class SettleRequest(Strict):
     invocation_id: str
     workflow: str
     session_id: str | None = None
+    agent: str | None = None
     reserved_tokens: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -448,6 +452,7 @@ class BudgetBreachEvent(Event):
     invocation_id: str
     workflow: str
     session_id: str | None = None
+    agent: str | None = None  # set when the agent's own budget (or any budget of its call) refused
     scope: BudgetScope
     estimated_tokens: int
     ceiling: float

@@ -28,6 +28,19 @@ def budget_session(env: str, workflow: str, session_id: str) -> tuple[str, ...]:
     return tuple(f"sb:{env}:budget:{{{workflow}}}:session:{session_id}:{part}" for part in LEDGER_PARTS)
 
 
+def budget_agent_tokens(env: str, agent: str) -> tuple[str, ...]:
+    """budget: the keys of an agent's rolling token ledger, across workflows.
+
+    Its hash tag is the agent's, not the workflow's: a reservation spanning both needs the keys
+    on one Redis node (a single server, or a cluster pinned by a proxy), see docs/security.md."""
+    return tuple(f"sb:{env}:budget:{{agent:{agent}}}:tokens:{part}" for part in LEDGER_PARTS)
+
+
+def budget_agent_spend(env: str, agent: str) -> tuple[str, ...]:
+    """budget: the keys of an agent's spend ledger (micro-USD per UTC day), across workflows."""
+    return tuple(f"sb:{env}:budget:{{agent:{agent}}}:spend:{part}" for part in LEDGER_PARTS)
+
+
 def budget_spend(env: str, workflow: str) -> tuple[str, ...]:
     """budget: the keys of a workflow's spend ledger (micro-USD per UTC day)."""
     return tuple(f"sb:{env}:budget:{{{workflow}}}:spend:{part}" for part in LEDGER_PARTS)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import orjson
 import yaml
@@ -25,17 +26,56 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     model_validator,
 )
 
 from shared import names, tokens
 from shared.contracts import Degradation
+from shared.settings import Settings
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 # A workflow name is a NATS subject token (sb.<env>.invoke.<workflow>): no dots.
 WorkflowName = Annotated[str, StringConstraints(pattern=names.WORKFLOW_PATTERN.pattern)]
-SECTIONS = ("providers", "workflows")
+# An agent name is a subject token too (sb.<env>.agent.<agent>.invoke.<workflow>).
+AgentName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
+SECTIONS = ("providers", "workflows", "agents")
 _ENV_REF = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::-([^}]*))?\}")
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What policy may name, fixed by the deployment's settings rather than by policy: the
+    environment variables a provider key may come from and the hosts a base_url may reach."""
+
+    key_envs: frozenset[str]
+    hosts: tuple[str, ...]
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> Deployment:
+        settings = settings or Settings()
+        return cls(frozenset(settings.provider_key_envs), tuple(h.lower() for h in settings.provider_hosts))
+
+    def allows_host(self, host: str) -> bool:
+        host = host.lower()
+        return any(host == h or (h.startswith("*.") and host.endswith(h[1:])) for h in self.hosts)
+
+    def problems(self, providers: dict[str, ProviderSpec]) -> list[str]:
+        out = []
+        for pname, provider in providers.items():
+            if provider.api_key_env is not None and provider.api_key_env not in self.key_envs:
+                out.append(
+                    f"providers.{pname}.api_key_env: {provider.api_key_env!r} is not a provider key "
+                    f"variable this deployment allows (allowed by SB_PROVIDER_KEY_ENVS: "
+                    f"{', '.join(sorted(self.key_envs)) or 'none'})"
+                )
+            host = urlsplit(provider.base_url).hostname or ""
+            if not self.allows_host(host):
+                out.append(
+                    f"providers.{pname}.base_url: host {host!r} is not one this deployment allows "
+                    f"(allowed by SB_PROVIDER_HOSTS: {', '.join(self.hosts) or 'none'})"
+                )
+        return out
 
 
 class Spec(BaseModel):
@@ -113,13 +153,30 @@ class WorkflowSpec(Spec):
     owner: str | None = None
 
 
+class AgentBudget(Spec):
+    """An agent's own limits, reserved together with the workflow's and session's (all or none)."""
+
+    tokens: int | None = Field(default=None, gt=0, description="tokens per rolling window")
+    window_s: int = Field(default=3600, gt=0, le=30 * 86400)
+    usd_per_day: float | None = Field(default=None, gt=0)
+
+
+class AgentSpec(Spec):
+    """What one agent may do: the workflows it may invoke and, optionally, its own budget."""
+
+    workflows: list[WorkflowName] = Field(min_length=1)
+    budget: AgentBudget | None = None
+
+
 class Policy(Spec):
     providers: dict[Name, ProviderSpec] = Field(min_length=1)
     workflows: dict[WorkflowName, WorkflowSpec] = Field(min_length=1)
+    agents: dict[AgentName, AgentSpec] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _tiers_name_known_models(self) -> Policy:
-        problems = []
+    def _tiers_name_known_models(self, info: ValidationInfo) -> Policy:
+        deployment = (info.context or {}).get("deployment") or Deployment.from_settings()
+        problems = deployment.problems(self.providers)
         for wname, wf in self.workflows.items():
             for i, tier in enumerate(wf.tiers):
                 provider = self.providers.get(tier.provider)
@@ -141,6 +198,10 @@ class Policy(Spec):
                     f"the chain's worst case of {worst_s:g}s (the sum of tier timeouts), "
                     "or usage goes uncounted"
                 )
+        for aname, agent in self.agents.items():
+            for i, wname in enumerate(agent.workflows):
+                if wname not in self.workflows:
+                    problems.append(f"agents.{aname}.workflows.{i}: no workflow named {wname!r}")
         for pname, provider in self.providers.items():
             for mname, model in provider.models.items():
                 if model.tokenizer is not None and model.tokenizer not in tokens.ESTIMATORS:

@@ -8,13 +8,24 @@ from services.budget.ledgers import Balance, Ledger, Refusal
 from services.budget.pricing import format_usd, micro_usd, usd
 from shared import keys
 from shared.contracts import Breach, BudgetScope, LedgerUsage
-from shared.policy import BudgetSpec
+from shared.policy import AgentBudget, BudgetSpec
 
 DAY_MS = 86_400_000
 
 
-def ledgers(env: str, workflow: str, budget: BudgetSpec, session_id: str | None) -> list[Ledger]:
-    """The limits an invocation draws on; none when it has no session and no spend ceiling."""
+SPEND_SCOPES = (BudgetScope.SPEND, BudgetScope.AGENT_SPEND)
+
+
+def ledgers(
+    env: str,
+    workflow: str,
+    budget: BudgetSpec,
+    session_id: str | None,
+    agent: str | None = None,
+    agent_budget: AgentBudget | None = None,
+) -> list[Ledger]:
+    """The limits an invocation draws on, all reserved at once: the session's and the workflow's,
+    and the agent's own when policy gives it a budget; none when nothing applies."""
     out = []
     if session_id and budget.session:
         out.append(
@@ -36,25 +47,62 @@ def ledgers(env: str, workflow: str, budget: BudgetSpec, session_id: str | None)
                 aligned=True,
             )
         )
+    if agent and agent_budget and agent_budget.tokens:
+        out.append(
+            Ledger(
+                BudgetScope.AGENT_TOKENS,
+                keys.budget_agent_tokens(env, agent),
+                agent_budget.tokens,
+                agent_budget.window_s * 1000,
+                aligned=False,
+            )
+        )
+    if agent and agent_budget and agent_budget.usd_per_day:
+        out.append(
+            Ledger(
+                BudgetScope.AGENT_SPEND,
+                keys.budget_agent_spend(env, agent),
+                micro_usd(agent_budget.usd_per_day),
+                DAY_MS,
+                aligned=True,
+            )
+        )
     return out
 
 
+def amounts(tokens: int, micro_usd_cost: int) -> dict[BudgetScope, int]:
+    """What an invocation holds (or settles to) on a ledger of each scope."""
+    return {
+        BudgetScope.SESSION: tokens,
+        BudgetScope.AGENT_TOKENS: tokens,
+        BudgetScope.SPEND: micro_usd_cost,
+        BudgetScope.AGENT_SPEND: micro_usd_cost,
+    }
+
+
 def breach(
-    refusal: Refusal, *, session_id: str | None, estimate: int, max_tokens: int, priciest: str
+    refusal: Refusal,
+    *,
+    session_id: str | None,
+    estimate: int,
+    max_tokens: int,
+    priciest: str,
+    agent: str | None = None,
 ) -> Breach:
     """Which limit refused the call, and by how much."""
     ledger, amount, b = refusal.ledger, refusal.amount, refusal.balance
     over = b.used + b.reserved + amount - ledger.limit
     remaining = max(0, ledger.limit - b.used - b.reserved)
     worst = estimate + max_tokens
-    if ledger.scope is BudgetScope.SESSION:
+    if ledger.scope not in SPEND_SCOPES:
+        whose = f"session {session_id}" if ledger.scope is BudgetScope.SESSION else f"agent {agent}"
         return Breach(
             scope=ledger.scope,
             estimated_tokens=worst,
             ceiling=ledger.limit,
             remaining=remaining,
             message=(
-                f"session {session_id} budget of {ledger.limit} tokens per {ledger.window_ms // 1000} s "
+                f"{whose} budget of {ledger.limit} tokens per {ledger.window_ms // 1000} s "
                 f"exceeded by {over}: {b.used} used and {b.reserved} reserved in the window, "
                 f"this call needs up to {worst} (~{estimate} prompt + {max_tokens} max_tokens)"
             ),
@@ -65,6 +113,7 @@ def breach(
         ceiling=usd(ledger.limit),
         remaining=usd(remaining),
         message=(
+            f"{'agent ' + str(agent) + ' ' if ledger.scope is BudgetScope.AGENT_SPEND else ''}"
             f"daily spend ceiling of {format_usd(ledger.limit)} exceeded by {format_usd(over)}: "
             f"{format_usd(b.used)} spent and {format_usd(b.reserved)} reserved today (UTC), "
             f"this call may cost up to {format_usd(amount)} at {priciest} prices "
@@ -75,9 +124,10 @@ def breach(
 
 def usage(ledger: Ledger, b: Balance) -> LedgerUsage:
     """A ledger's balance for operators, in tokens or in USD."""
-    scale = usd if ledger.scope is BudgetScope.SPEND else float
+    spend = ledger.scope in SPEND_SCOPES
+    scale = usd if spend else float
     return LedgerUsage(
-        unit="usd" if ledger.scope is BudgetScope.SPEND else "tokens",
+        unit="usd" if spend else "tokens",
         limit=scale(ledger.limit),
         used=scale(b.used),
         reserved=scale(b.reserved),

@@ -28,7 +28,7 @@ from shared.contracts import (
     SettleRequest,
 )
 from shared.live_config import ActivePolicy
-from shared.policy import WorkflowSpec
+from shared.policy import BudgetSpec, Policy, WorkflowSpec
 from shared.service import Service
 from shared.settings import Settings
 from shared.telemetry import metrics
@@ -72,12 +72,12 @@ class BudgetService(Service):
         max_tokens, breach = check_invocation(estimate, req.max_tokens, budget.max_tokens_per_invocation)
         if breach is not None:
             return self._refuse(req, breach, version)
-        ledgers = limits.ledgers(self.settings.env, req.workflow, budget, req.session_id)
+        ledgers = self._ledgers(policy, req, budget)
         if not ledgers:
             return Reservation(allowed=True, max_tokens=max_tokens, config_version=version)
         worst = estimate + max_tokens
         cost, priciest = pricing.worst_case(policy, workflow, estimate, max_tokens)
-        amounts = {BudgetScope.SESSION: worst, BudgetScope.SPEND: cost}
+        amounts = limits.amounts(worst, cost)
         refusal = await self.store.reserve(
             req.invocation_id, budget.reservation_ttl_s * 1000, [(x, amounts[x.scope]) for x in ledgers]
         )
@@ -88,6 +88,7 @@ class BudgetService(Service):
                 estimate=estimate,
                 max_tokens=max_tokens,
                 priciest=priciest,
+                agent=req.agent,
             )
             return self._refuse(req, breach, version)
         return Reservation(allowed=True, max_tokens=max_tokens, reserved_tokens=worst, config_version=version)
@@ -99,12 +100,12 @@ class BudgetService(Service):
         if workflow is None:  # left the policy since: its reservations expire by themselves
             return
         budget = workflow.budget
-        ledgers = limits.ledgers(self.settings.env, req.workflow, budget, req.session_id)
+        ledgers = self._ledgers(policy, req, budget)
         if not ledgers:
             return
         used = req.prompt_tokens + req.completion_tokens
         cost = pricing.actual(policy, workflow, req.model, req.prompt_tokens, req.completion_tokens)
-        amounts = {BudgetScope.SESSION: used, BudgetScope.SPEND: cost}
+        amounts = limits.amounts(used, cost)
         try:
             settled = await self.store.settle(
                 req.invocation_id, budget.reservation_ttl_s * 1000, [(x, amounts[x.scope]) for x in ledgers]
@@ -139,6 +140,17 @@ class BudgetService(Service):
                 reply.spend_today = usage
         return reply
 
+    def _ledgers(self, policy: Policy, req: ReserveRequest | SettleRequest, budget: BudgetSpec) -> list:
+        agent = policy.agents.get(req.agent) if req.agent else None
+        return limits.ledgers(
+            self.settings.env,
+            req.workflow,
+            budget,
+            req.session_id,
+            agent=req.agent,
+            agent_budget=agent.budget if agent else None,
+        )
+
     def _refuse(self, req: ReserveRequest, breach: Breach, version: str) -> Reservation:
         metrics.BUDGET_BREACHES.labels(req.workflow, breach.scope.value).inc()
         log.warning(
@@ -158,6 +170,7 @@ class BudgetService(Service):
                 invocation_id=req.invocation_id,
                 workflow=req.workflow,
                 session_id=req.session_id,
+                agent=req.agent,
                 config_version=version,
                 **breach.model_dump(),
             )

@@ -128,6 +128,10 @@ class OpenAI:
         auth = request.headers.get("Authorization", "")
         return auth[:7].lower() == "bearer " and bool(auth[7:].strip())
 
+    @staticmethod
+    def presented_key(request: web.Request) -> str:
+        return request.headers.get("Authorization", "")[7:].strip()
+
     @classmethod
     def error(cls, status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
         etype, code = cls.error_types.get(status, ("server_error", None))
@@ -184,6 +188,10 @@ class Anthropic:
     def authorized(request: web.Request) -> bool:
         return bool(request.headers.get("x-api-key", "").strip())
 
+    @staticmethod
+    def presented_key(request: web.Request) -> str:
+        return request.headers.get("x-api-key", "").strip()
+
     @classmethod
     def error(cls, status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
         etype = cls.error_types.get(status, "api_error")
@@ -233,9 +241,11 @@ async def _hang(state: SimState) -> None:
 
 
 async def _fault_response(
-    api: type[OpenAI] | type[Anthropic], rule: FaultRule, state: SimState, provider: str
+    api: type[OpenAI] | type[Anthropic], rule: FaultRule, state: SimState, provider: str, key: str
 ) -> web.Response:
     kind = rule.kind
+    if kind == "401":  # as some real providers do: the refused key, verbatim, in the message
+        return api.error(401, f"Incorrect API key provided: {key}. Check your key (simulated).")
     if kind == "429":
         secs = _fmt_seconds(rule.retry_after_s)
         headers = {
@@ -286,7 +296,7 @@ async def _complete(request: web.Request, api: type[OpenAI] | type[Anthropic], p
     rule = state.faults.match(provider, model)
     if rule is not None:
         if rule.kind != "latency":
-            return await _fault_response(api, rule, state, provider)
+            return await _fault_response(api, rule, state, provider, api.presented_key(request))
         latency += rule.latency_ms
     if latency > 0:
         await asyncio.sleep(latency / 1000.0)

@@ -10,7 +10,8 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-KINDS = frozenset({"429", "500", "503", "400", "hang", "malformed", "latency"})
+# "401" answers as a provider that refuses the key and echoes it back in the error message.
+KINDS = frozenset({"429", "500", "503", "400", "401", "hang", "malformed", "latency"})
 DEFAULT_RETRY_AFTER_S = 1.0
 
 

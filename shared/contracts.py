@@ -452,7 +452,7 @@ class BudgetBreachEvent(Event):
     invocation_id: str
     workflow: str
     session_id: str | None = None
-    agent: str | None = None  # set when the agent's own budget (or any budget of its call) refused
+    agent: str | None = None  # the agent of the refused call, when it came from one
     scope: BudgetScope
     estimated_tokens: int
     ceiling: float

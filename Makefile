@@ -11,8 +11,11 @@ STAMP := $(VENV)/.installed
 BOOTSTRAP_PYTHON ?= $(shell command -v python3.11 || command -v python3)
 PYTEST_ARGS ?=
 RUN_ARGS ?=
+NATS_ARGS ?=
 
-.PHONY: help setup infra run run-demo test faults lint bench bench-compare clean
+LOCK := deploy/docker/requirements.lock
+
+.PHONY: help setup infra run run-demo test faults lint lock nats-config bench bench-compare clean
 
 help: ## list targets
 	@echo "Switchboard make targets:"
@@ -21,14 +24,15 @@ help: ## list targets
 
 setup: $(STAMP) ## create .venv and install the project with [dev] extras
 
-# Re-installs only when pyproject.toml changes (or the venv is missing).
-$(STAMP): pyproject.toml
+# Re-installs only when pyproject.toml or the lock changes (or the venv is missing). The lock's
+# pins are constraints: the tests run the runtime versions the image ships.
+$(STAMP): pyproject.toml $(LOCK)
 	@if [ ! -x $(PY) ]; then \
 	  test -n "$(BOOTSTRAP_PYTHON)" || { echo "python3.11/python3 not found" >&2; exit 1; }; \
 	  echo "setup: creating $(VENV) with $(BOOTSTRAP_PYTHON)"; \
 	  $(BOOTSTRAP_PYTHON) -m venv $(VENV); \
 	fi
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]' -c $(LOCK)
 	@touch $@
 
 infra: setup ## start NATS/Redis/PostgreSQL if needed, create the database, migrate
@@ -54,6 +58,12 @@ bench: setup ## run the benchmark (BENCH_ARGS=... to pass options, e.g. --durati
 
 bench-compare: setup ## run the benchmark against LiteLLM for comparison
 	$(PY) bench/run.py --compare-litellm $(BENCH_ARGS)
+
+lock: setup ## re-resolve the runtime dependencies into deploy/docker/requirements.lock
+	$(PY) deploy/docker/lock.py
+
+nats-config: setup ## print the NATS users and permissions (NATS_ARGS='--env prod --agent NAME')
+	@$(PY) deploy/nats/generate.py $(NATS_ARGS)
 
 clean: ## remove caches and build artefacts (keeps .venv)
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -print0 | xargs -0 rm -rf

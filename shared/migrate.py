@@ -28,8 +28,8 @@ def discover() -> list[tuple[str, Path]]:
     return found
 
 
-async def apply(database_url: str, *, verbose: bool = True) -> list[str]:
-    conn = await asyncpg.connect(database_url, timeout=10)
+async def apply(database_url: str, *, verbose: bool = True, options: dict | None = None) -> list[str]:
+    conn = await asyncpg.connect(database_url, timeout=10, **(options or {}))
     applied = []
     try:
         await conn.execute("select pg_advisory_lock($1)", LOCK_ID)
@@ -63,7 +63,8 @@ async def apply(database_url: str, *, verbose: bool = True) -> list[str]:
 
 def main() -> None:
     try:
-        asyncio.run(apply(Settings().database_url))
+        settings = Settings()
+        asyncio.run(apply(settings.database_url, options=settings.database_options()))
     except (OSError, asyncpg.PostgresError) as exc:
         print(f"migrate: failed: {exc}", file=sys.stderr)
         raise SystemExit(1) from exc

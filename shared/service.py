@@ -75,11 +75,14 @@ class Service:
                     socket_connect_timeout=1.0,
                     health_check_interval=10,
                     retry=Retry(NoBackoff(), 1),
+                    **s.redis_options(),
                 )
                 self.redis = aioredis.Redis.from_pool(pool)
                 stack.push_async_callback(self.redis.aclose)
             if self.uses_database:
-                self.db = await asyncpg.create_pool(s.database_url, min_size=1, max_size=8, timeout=5.0)
+                self.db = await asyncpg.create_pool(
+                    s.database_url, min_size=1, max_size=8, timeout=5.0, **s.database_options()
+                )
                 stack.push_async_callback(self.db.close)
             self.bus = await Bus.connect(
                 s.nats_url,

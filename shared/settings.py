@@ -6,7 +6,8 @@ keys; the object is built once at start-up and passed down, never re-read.
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Literal
 
 from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -30,6 +31,15 @@ class Settings(BaseSettings):
     request_timeout_s: float = 2.0
     drain_timeout_s: float = 20.0
     log_level: str = "INFO"
+
+    # Redis AUTH (an ACL user, or the default user with a password) and PostgreSQL's password and
+    # TLS mode, kept out of the URLs so that they can come from files (mounted secrets).
+    redis_username: str | None = None
+    redis_password: SecretStr | None = None
+    redis_password_file: str | None = None
+    database_password: SecretStr | None = None
+    database_password_file: str | None = None
+    database_sslmode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] | None = None
 
     # What policy may name, fixed by the deployment: the environment variables a provider's key may
     # be read from, and the hosts a provider's base_url may point at (`*.example.com` matches
@@ -70,3 +80,28 @@ class Settings(BaseSettings):
     @classmethod
     def _env_is_a_name(cls, value: str) -> str:
         return names.check_env(value)
+
+    def redis_options(self) -> dict:
+        """Keyword arguments for the Redis client: the ACL user and password, when set."""
+        options: dict = {}
+        if self.redis_username:
+            options["username"] = self.redis_username
+        if (password := _secret(self.redis_password, self.redis_password_file)) is not None:
+            options["password"] = password
+        return options
+
+    def database_options(self) -> dict:
+        """Keyword arguments for asyncpg: the password and the TLS mode, when set."""
+        options: dict = {}
+        if (password := _secret(self.database_password, self.database_password_file)) is not None:
+            options["password"] = password
+        if self.database_sslmode:
+            options["ssl"] = self.database_sslmode
+        return options
+
+
+def _secret(value: SecretStr | None, file: str | None) -> str | None:
+    """A secret from its file (preferred: a mounted secret) or from the environment."""
+    if file:
+        return Path(file).read_text().strip()
+    return value.get_secret_value() if value is not None else None

@@ -138,7 +138,8 @@ def test_healthcheck_port_is_the_service_port():
     for name in SWITCHBOARD:
         env = sb_env(SERVICES[name])
         assert "SB_HTTP_PORT" in healthcheck_vars(SERVICES[name]), name
-        assert f"{env['SB_HTTP_PORT']}:{env['SB_HTTP_PORT']}" in SERVICES[name].get("ports", []), name
+        port = env["SB_HTTP_PORT"]
+        assert f"127.0.0.1:{port}:{port}" in SERVICES[name].get("ports", []), name
 
 
 def gateway_policy(monkeypatch):
@@ -193,4 +194,42 @@ def test_services_export_spans_to_the_jaeger_in_compose_which_keeps_them():
         config["extensions"]["jaeger_query"]["storage"]["traces"]
         in config["extensions"]["jaeger_storage"]["backends"]
     )
-    assert "16686:16686" in jaeger["ports"]
+    assert "127.0.0.1:16686:16686" in jaeger["ports"]
+
+
+def test_authentication_is_on_and_ports_are_on_loopback():
+    assert "POSTGRES_HOST_AUTH_METHOD" not in SERVICES["postgres"]["environment"]
+    assert SERVICES["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"].startswith("/secrets/")
+    assert "--aclfile" in SERVICES["redis"]["command"]
+    assert SERVICES["nats"]["command"] == ["-c", "/secrets/nats/server.conf"]
+    for name in SWITCHBOARD:
+        env = sb_env(SERVICES[name])
+        assert env["SB_NATS_CREDENTIALS_DIR"] == "/secrets/nats", name
+        assert env["SB_REDIS_PASSWORD_FILE"] and env["SB_DATABASE_PASSWORD_FILE"], name
+    for name, service in SERVICES.items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+
+
+def test_dev_secrets_make_a_valid_nats_server_configuration(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    script = REPO / "deploy" / "docker" / "dev_secrets.py"
+    subprocess.run([sys.executable, str(script), str(tmp_path)], check=True, capture_output=True)
+    first = (tmp_path / "nats" / "gateway").read_text()
+    subprocess.run([sys.executable, str(script), str(tmp_path)], check=True, capture_output=True)
+
+    assert (tmp_path / "nats" / "gateway").read_text() == first  # made once, then kept
+    assert (
+        f">{(tmp_path / 'redis' / 'password').read_text().strip()} "
+        in (tmp_path / "redis" / "users.acl").read_text()
+    )
+    assert len((tmp_path / "postgres" / "password").read_text().strip()) >= 24
+    check = subprocess.run(
+        [shutil.which("nats-server") or "nats-server", "-t", "-c", str(tmp_path / "nats" / "server.conf")],
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr

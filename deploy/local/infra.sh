@@ -309,7 +309,15 @@ run_migrations() {
   fi
 }
 
+# ---------------------------------------------------------------------------- test tools
+ensure_kubectl() {  # `kubectl kustomize` renders deploy/k8s in the tests; Debian's kubernetes-client
+  if command -v kubectl >/dev/null 2>&1; then return 0; fi
+  apt_install kubernetes-client || die "kubectl not found; install it (apt-get install kubernetes-client)"
+  say "kubectl: installed (kubernetes-client)"
+}
+
 mkdir -p "$STATE_DIR"
+ensure_kubectl
 ensure_nats
 ensure_redis
 ensure_postgres

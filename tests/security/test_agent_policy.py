@@ -36,7 +36,8 @@ async def agents_stack(stack):
         "alice": {"workflows": ["support-triage"], "budget": {"tokens": AGENT_TOKENS, "window_s": 3600}},
         "bob": {"workflows": ["support-triage", "research-summary"]},
     }
-    await stack.start()
+    # 50 reservations at once on a shared 2-core machine: give the budget time to answer
+    await stack.start(gateway={"control_timeout_s": 15.0})
     await stack.apply(policy)
     return stack
 

@@ -237,6 +237,7 @@ def test_env_reference_with_default(cfg, monkeypatch):
     assert policy.providers["openai-sim"].base_url == "http://127.0.0.1:9180/p/openai-sim/v1"
 
     monkeypatch.setenv("SB_SIMULATOR_URL", "http://sim.internal:7000")
+    monkeypatch.setenv("SB_PROVIDER_HOSTS", "sim.internal")  # the deployment allows that host
     policy = load_dir_or_raise(cfg)
     assert policy.providers["openai-sim"].base_url == "http://sim.internal:7000/p/openai-sim/v1"
     assert policy.providers["anthropic-sim"].base_url == "http://sim.internal:7000/p/anthropic-sim/v1"

@@ -1,0 +1,58 @@
+"""The image installs the lock file and only it: every runtime dependency pinned, no dev tools,
+and the versions the tests run on are the locked ones."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from importlib import metadata
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+LOCK = REPO / "deploy" / "docker" / "requirements.lock"
+DOCKERFILE = (REPO / "deploy" / "docker" / "Dockerfile").read_text()
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def locked() -> dict[str, str]:
+    pins = {}
+    for line in LOCK.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep and version, f"not pinned: {line!r}"
+            pins[norm(name)] = version
+    return pins
+
+
+def requirement_name(spec: str) -> str:
+    return norm(re.split(r"[\s<>=!~;\[]", spec, maxsplit=1)[0])
+
+
+def test_every_runtime_dependency_is_pinned_and_no_dev_tool_is():
+    pins = locked()
+    runtime = {requirement_name(s) for s in PYPROJECT["project"]["dependencies"]}
+    dev = {requirement_name(s) for s in PYPROJECT["project"]["optional-dependencies"]["dev"]}
+    assert runtime <= set(pins)
+    assert not (dev & set(pins))
+
+
+def test_the_dockerfile_installs_exactly_the_lock():
+    assert "pip install --no-deps -r /tmp/requirements.lock" in DOCKERFILE
+    assert "COPY deploy/docker/requirements.lock" in DOCKERFILE
+    assert "pip install --no-deps ." in DOCKERFILE
+    assert "[dev]" not in DOCKERFILE and "pyproject.toml" not in DOCKERFILE.split("COPY . .")[0]
+
+
+def test_the_tests_run_the_locked_versions():
+    pins = locked()
+    installed = {norm(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    differ = {
+        name: (version, installed.get(name))
+        for name, version in pins.items()
+        if installed.get(name) != version
+    }
+    assert differ == {}, "run `make setup` (the lock's pins are its constraints)"

@@ -36,6 +36,8 @@ PROBES = [
     # agent: invoke only as itself; nothing else
     ("agent-alice", ALLOW, PUB, sb("agent.alice.invoke.support-triage")),
     ("agent-alice", ALLOW, SUB, "_INBOX.agent-alice.x"),
+    ("agent-alice", ALLOW, PUB, sb("degradation")),  # learn its workflow's degradation mode
+    ("agent-alice", ALLOW, PUB, sb("events.passthrough")),  # upload its own passthrough record
     ("agent-alice", DENY, PUB, sb("agent.bob.invoke.support-triage")),  # invoke as another agent
     ("agent-alice", DENY, PUB, sb("invoke.support-triage")),  # the operators' (label) subject
     ("agent-alice", DENY, PUB, sb("budget.settle")),  # settle (release a reservation)
@@ -49,6 +51,8 @@ PROBES = [
     ("agent-alice", DENY, SUB, "_INBOX.agent-bob.>"),
     ("agent-alice", DENY, SUB, sb("agent.*.invoke.*")),  # read others' prompts
     ("agent-alice", DENY, SUB, sb("events.>")),
+    ("agent-alice", DENY, SUB, "$SRV.>"),  # answer service-API pings as if it were a service
+    ("agent-alice", DENY, PUB, sb("router.degradation")),
     # gateway: the only asker of router and budget; serves both invoke subjects
     ("gateway", ALLOW, SUB, sb("invoke.*")),
     ("gateway", ALLOW, SUB, sb("agent.*.invoke.*")),
@@ -62,6 +66,8 @@ PROBES = [
     ("gateway", DENY, SUB, "_INBOX.>"),
     # router
     ("router", ALLOW, SUB, sb("router.plan")),
+    ("router", ALLOW, SUB, sb("degradation")),
+    ("router", ALLOW, SUB, "$SRV.PING.switchboard-router"),
     ("router", ALLOW, PUB, sb("events.rate_limit")),
     ("router", DENY, PUB, sb("budget.settle")),
     ("router", DENY, PUB, f"$KV.{B}.policy"),
@@ -91,6 +97,7 @@ PROBES = [
     ("operator", ALLOW, PUB, f"$KV.{B}.policy"),
     ("operator", ALLOW, PUB, sb("router.block")),
     ("operator", ALLOW, PUB, sb("budget.show")),
+    ("operator", ALLOW, PUB, "$SRV.PING"),  # sbctl status
     ("operator", ALLOW, PUB, sb("invoke.support-triage")),
     ("operator", ALLOW, PUB, sb("events.config")),  # the record of a policy change it made
     ("operator", DENY, PUB, sb("agent.alice.invoke.support-triage")),

@@ -17,7 +17,7 @@ from tests.support.helpers import run_sbctl
 from tests.support.stack import SERVICES
 
 ENDPOINTS = {
-    "gateway": {"invoke"},
+    "gateway": {"invoke", "agent-invoke"},  # the operators' subject and the agents' own
     "router": {"router-plan", "router-outcome", "router-status", "router-block", "degradation"},
     "budget": {"budget-reserve", "budget-settle", "budget-show"},
     "recorder": {"recorder-trace", "recorder-count"},
@@ -71,7 +71,7 @@ async def test_each_replica_answers_ping_info_and_stats_with_exact_counts(runnin
         finally:
             await nc.close()
         stats = ServiceStats.from_dict(stats)
-        [invoke] = stats.endpoints
+        [invoke] = [e for e in stats.endpoints if e.name == "invoke"]
         assert (invoke.num_requests, invoke.num_errors, invoke.last_error) == (4, 1, "unknown_workflow")
         assert invoke.subject == names.invoke_wildcard(running.env)
         assert invoke.average_processing_time > 0
@@ -85,7 +85,10 @@ async def test_each_replica_answers_ping_info_and_stats_with_exact_counts(runnin
         assert sorted(r["service"] for r in replicas) == ["budget", "gateway", "recorder", "router", "router"]
         assert {r["id"] for r in replicas if r["service"] == "router"} == ids
         [gateway] = [r for r in replicas if r["service"] == "gateway"]
-        assert [(e["name"], e["requests"], e["errors"]) for e in gateway["endpoints"]] == [("invoke", 4, 1)]
+        assert [(e["name"], e["requests"], e["errors"]) for e in gateway["endpoints"]] == [
+            ("invoke", 4, 1),
+            ("agent-invoke", 0, 0),
+        ]
         [budget] = [r for r in replicas if r["service"] == "budget"]
         reserve = next(e for e in budget["endpoints"] if e["name"] == "budget-reserve")
         assert (reserve["requests"], reserve["errors"]) == (3, 0)

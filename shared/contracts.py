@@ -365,6 +365,7 @@ class InvocationEvent(Event):
     metadata: dict[str, MetadataValue] = Field(default_factory=dict)
     message_count: int = 0
     output_chars: int = 0
+    cost_usd: float | None = None  # at the answering model's prices; None when nothing answered
 
 
 class PassthroughEvent(Event):

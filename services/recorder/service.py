@@ -1,6 +1,7 @@
 """recorder: the one writer of the audit log. Consumes the event stream into PostgreSQL in
 batches, idempotently (a redelivered event is a no-op), acknowledging only what is committed;
-serves trace reconstruction; prunes past the retention period."""
+serves trace reconstruction and the stats/listing queries of sbctl; keeps the day partitions
+of its own environment (created ahead, dropped past retention)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry.trace import SpanKind
+from pydantic import Field
 
-from services.recorder import store
+from services.recorder import retention, store
 from shared import codec, errors, names
 from shared.contracts import (
     Event,
@@ -35,8 +37,10 @@ _tracer = tracing.tracer("switchboard.recorder")
 class RecorderSettings(Settings):
     http_port: int = 9104
     batch_size: int = 500
-    retention_days: int = 90
-    prune_interval_s: float = 3600.0
+    event_retention_days: int = Field(default=90, ge=1)  # the event trail of an invocation
+    invocation_retention_days: int = Field(default=180, ge=1)  # the invocation rows
+    partitions_ahead_days: int = Field(default=2, ge=0)
+    retention_interval_s: float = Field(default=3600.0, gt=0)
 
 
 class RecorderService(Service):
@@ -60,8 +64,9 @@ class RecorderService(Service):
             ),
         )
         self._stopping = asyncio.Event()
+        await self._retain_logged()  # today's partitions exist before the first write
         self.recorded = 0
-        tasks = [asyncio.create_task(self._consume()), asyncio.create_task(self._prune_forever())]
+        tasks = [asyncio.create_task(self._consume()), asyncio.create_task(self._retain_forever())]
         stack.push_async_callback(self._stop, tasks)
         await self.bus.serve(
             names.recorder_trace(env), names.RECORDER_QUEUE, TraceRequest, self.trace, self._error_reply
@@ -122,18 +127,30 @@ class RecorderService(Service):
             for e in events:
                 metrics.EVENTS_RECORDED.labels(e.kind.value).inc()
 
-    async def _prune_forever(self) -> None:
+    async def _retain_forever(self) -> None:
         while not self._stopping.is_set():
             try:
-                deleted = await store.prune(self.db, self.settings.retention_days)
-                if deleted:
-                    log.info("pruned audit rows past retention", extra={"deleted": deleted})
-            except Exception as exc:
-                log.warning("prune failed", extra={"error": repr(exc)})
-            try:
-                await asyncio.wait_for(self._stopping.wait(), self.settings.prune_interval_s)
+                await asyncio.wait_for(self._stopping.wait(), self.settings.retention_interval_s)
             except TimeoutError:
                 pass
+            await self._retain_logged()
+
+    async def _retain_logged(self) -> None:
+        try:
+            await self.retain()
+        except Exception as exc:
+            log.warning("retention pass failed", extra={"error": repr(exc)})
+
+    async def retain(self) -> retention.Pass:
+        """Create the coming days' partitions and drop this environment's expired ones."""
+        s = self.settings
+        policy = retention.Retention(
+            s.event_retention_days, s.invocation_retention_days, s.partitions_ahead_days
+        )
+        done = await retention.run(self.db, s.env, policy)
+        if done.dropped:
+            log.info("dropped audit partitions past retention", extra={"partitions": done.dropped})
+        return done
 
     async def trace(self, req: TraceRequest, _: Msg) -> TraceReply:
         try:

@@ -1,5 +1,10 @@
 """The recorder's SQL: batched idempotent writes of events, and trace reads (bodies as stored,
-for the caller to decode as their event models)."""
+for the caller to decode as their event models).
+
+The tables are partitioned by environment and UTC day (migration 0004): every write first makes
+sure the day partitions it needs exist, outside the write's transaction so that the
+per-environment lock this takes is held only for that.
+"""
 
 from __future__ import annotations
 
@@ -13,17 +18,18 @@ from shared.contracts import ConfigEvent, Event, InvocationEvent
 INSERT_EVENT = """
 insert into events (env, event_id, kind, ts, service, invocation_id, trace_id, body)
 values ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)
-on conflict (env, event_id) do nothing
+on conflict (env, event_id, ts) do nothing
 """
 UPSERT_INVOCATION = """
 insert into invocations (env, invocation_id, ts, workflow, session_id, agent, status, provider, model,
                          prompt_tokens, completion_tokens, latency_ms, error_code, trace_id,
-                         config_version, body)
-values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16::jsonb)
-on conflict (env, invocation_id) do update set
-    ts = excluded.ts, status = excluded.status, provider = excluded.provider, model = excluded.model,
+                         config_version, body, cost_usd)
+values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16::jsonb, $17)
+on conflict (env, invocation_id, ts) do update set
+    status = excluded.status, provider = excluded.provider, model = excluded.model,
     prompt_tokens = excluded.prompt_tokens, completion_tokens = excluded.completion_tokens,
-    latency_ms = excluded.latency_ms, error_code = excluded.error_code, body = excluded.body
+    latency_ms = excluded.latency_ms, error_code = excluded.error_code, body = excluded.body,
+    cost_usd = excluded.cost_usd
 """
 INSERT_CONFIG = """
 insert into config_versions (env, version, applied_at, applied_by, checksum, source, policy)
@@ -63,6 +69,7 @@ async def write_batch(pool: asyncpg.Pool, events: list[Event]) -> None:
                     e.trace_id,
                     e.config_version,
                     body,
+                    e.cost_usd,
                 )
             )
         elif isinstance(e, ConfigEvent) and e.action == "applied":
@@ -77,19 +84,25 @@ async def write_batch(pool: asyncpg.Pool, events: list[Event]) -> None:
                     orjson.dumps(e.policy).decode(),
                 )
             )
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.executemany(INSERT_EVENT, event_rows)
-        if invocation_rows:
-            await conn.executemany(UPSERT_INVOCATION, invocation_rows)
-        if config_rows:
-            await conn.executemany(INSERT_CONFIG, config_rows)
+    days = {(r[0], r[3].date()) for r in event_rows}
+    async with pool.acquire() as conn:
+        for env, day in sorted(days):
+            await conn.execute("select audit_ensure_partitions($1, $2, $2)", env, day)
+        async with conn.transaction():
+            await conn.executemany(INSERT_EVENT, event_rows)
+            if invocation_rows:
+                await conn.executemany(UPSERT_INVOCATION, invocation_rows)
+            if config_rows:
+                await conn.executemany(INSERT_CONFIG, config_rows)
 
 
 async def read_trace(pool: asyncpg.Pool, env: str, invocation_id: str) -> tuple[bytes | None, list[bytes]]:
     """The invocation's summary row and every event that names it, oldest first."""
     async with pool.acquire() as conn:
         row = await conn.fetchrow(
-            "select body from invocations where env = $1 and invocation_id = $2", env, invocation_id
+            "select body from invocations where env = $1 and invocation_id = $2 order by ts desc limit 1",
+            env,
+            invocation_id,
         )
         events = await conn.fetch(
             "select body from events where env = $1 and invocation_id = $2 order by ts, kind",
@@ -109,21 +122,3 @@ async def count_events(pool: asyncpg.Pool, env: str, kind: str, invocation_ids: 
         invocation_ids,
     )
     return int(row["n"]), int(row["ids"])
-
-
-async def prune(pool: asyncpg.Pool, older_than_days: int, batch: int = 5000) -> int:
-    """Delete rows past retention in small batches so the log never locks for long."""
-    total = 0
-    for table in ("events", "invocations"):
-        while True:
-            status = await pool.execute(
-                f"delete from {table} where ctid in (select ctid from {table} "
-                f"where ts < now() - make_interval(days => $1) limit $2)",
-                older_than_days,
-                batch,
-            )
-            deleted = int(status.split()[-1])
-            total += deleted
-            if deleted < batch:
-                break
-    return total

@@ -180,8 +180,8 @@ async def cleanup_env(infra: Infra, env: str) -> None:
         await r.aclose()
     conn = await asyncpg.connect(infra.database_url)
     try:
-        for table in ("events", "invocations", "config_versions"):
-            await conn.execute(f"delete from {table} where env = $1", env)
+        await conn.execute("select audit_drop_env($1)", env)
+        await conn.execute("delete from config_versions where env = $1", env)
     finally:
         await conn.close()
 

@@ -529,3 +529,82 @@ class TraceReply(Open):
     invocation: InvocationEvent | None = None
     events: list[AnyEvent] = Field(default_factory=list)
     error: ErrorInfo | None = None
+
+
+MAX_WINDOW_S = 400 * 86400  # longer than any retention period
+
+
+class StatsRequest(Strict):
+    since_s: float = Field(gt=0, le=MAX_WINDOW_S)
+    workflow: str | None = None
+
+
+class AgentSpend(Open):
+    agent: str | None = None
+    invocations: int = 0
+    spend_usd: float = 0.0
+
+
+class WorkflowStats(Open):
+    workflow: str | None = None
+    invocations: int = 0
+    by_status: dict[str, int] = Field(default_factory=dict)
+    latency_ms: dict[str, float | None] = Field(default_factory=dict)  # p50, p95, p99
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    spend_usd: float = 0.0
+    fallback_rate: float = 0.0  # invocations answered by a later tier, over all invocations
+    budget_breaches: int = 0
+    rate_limit_events: int = 0
+    top_agents: list[AgentSpend] = Field(default_factory=list)
+
+
+class StatsReply(Open):
+    since: float = 0.0  # epoch seconds
+    workflows: list[WorkflowStats] = Field(default_factory=list)
+    error: ErrorInfo | None = None
+
+
+class InvocationsRequest(Strict):
+    since_s: float = Field(gt=0, le=MAX_WINDOW_S)
+    workflow: str | None = None
+    status: str | None = None
+    agent: str | None = None
+    limit: int = Field(default=50, ge=1, le=10_000)
+
+
+class InvocationRow(Open):
+    invocation_id: str
+    ts: float
+    workflow: str | None = None
+    agent: str | None = None
+    session_id: str | None = None
+    status: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_ms: float | None = None
+    cost_usd: float | None = None
+    error_code: str | None = None
+    trace_id: str | None = None
+
+
+class InvocationsReply(Open):
+    invocations: list[InvocationRow] = Field(default_factory=list)
+    error: ErrorInfo | None = None
+
+
+# --- events (JetStream sb.<env>.events.<kind>) -----------------------------------------
+
+
+class Event(Open):
+    """Common envelope: every event has these; kinds add their own fields."""
+
+    event_id: str
+    kind: str
+    ts: float
+    env: str
+    service: str
+    invocation_id: str | None = None
+    trace_id: str | None = None

@@ -105,6 +105,14 @@ def recorder_trace(env: str) -> str:
     return f"sb.{env}.recorder.trace"
 
 
+def recorder_stats(env: str) -> str:
+    return f"sb.{env}.recorder.stats"
+
+
+def recorder_invocations(env: str) -> str:
+    return f"sb.{env}.recorder.invocations"
+
+
 def events_stream(env: str) -> str:
     return f"sb_{env}_events".replace("-", "_")
 

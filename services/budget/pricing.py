@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+from shared import pricing as shared_pricing
 from shared.policy import Policy, TierSpec, WorkflowSpec
 
 
@@ -25,8 +26,7 @@ def format_usd(micro: float) -> str:
 
 
 def _cost(policy: Policy, tier: TierSpec, prompt_tokens: int, completion_tokens: int) -> int:
-    model = policy.providers[tier.provider].models[tier.model]
-    exact = prompt_tokens * model.input_usd_per_mtok + completion_tokens * model.output_usd_per_mtok
+    exact = shared_pricing.micro_usd(policy, tier.provider, tier.model, prompt_tokens, completion_tokens)
     return math.ceil(round(exact, 6))
 
 

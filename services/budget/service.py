@@ -47,6 +47,8 @@ class BudgetService(Service):
 
     async def setup(self, stack: AsyncExitStack) -> None:
         self.store = LedgerStore(self.redis)
+        _export_ceilings(self.config.active)
+        self.config.on_change(_export_ceilings)
         env = self.settings.env
         await self.bus.serve(
             names.budget_reserve(env), names.BUDGET_QUEUE, ReserveRequest, self.reserve, self._error_reply
@@ -179,6 +181,14 @@ class BudgetService(Service):
 
     def _error_reply(self, exc: errors.SwitchboardError, _: bytes) -> Reservation:
         return Reservation(allowed=False, error=errors.to_wire(exc), config_version=self.config_version)
+
+
+def _export_ceilings(active: ActivePolicy) -> None:
+    """The daily spend ceilings of the active policy, for the spend-rate alert and dashboard."""
+    metrics.SPEND_CEILING.clear()
+    for name, workflow in active.policy.workflows.items():
+        if workflow.budget.usd_per_day is not None:
+            metrics.SPEND_CEILING.labels(name).set(workflow.budget.usd_per_day)
 
 
 def _workflow(active: ActivePolicy, name: str) -> WorkflowSpec:

@@ -14,7 +14,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
 
 from services.gateway import access_log
-from shared import errors, names, tokens
+from shared import errors, names, pricing, tokens
 from shared.contracts import (
     Attempt,
     AttemptEvent,
@@ -347,6 +347,23 @@ class Invocation:
         except Exception as exc:  # the connection is closed: the hold is released when it expires
             log.warning("settle not sent", extra={"invocation_id": req.invocation_id, "error": repr(exc)})
 
+    def _cost_usd(self, result: InvokeResult) -> float | None:
+        """What the answer cost at the answering model's prices (None when nothing answered)."""
+        if not result.provider or not result.model:
+            return None
+        usage = result.usage
+        try:
+            micro = pricing.micro_usd(
+                self.active.policy,
+                result.provider,
+                result.model,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+            )
+        except KeyError:
+            return None
+        return round(micro / 1_000_000, 9)
+
     def record(self, result: InvokeResult) -> None:
         """Emit events, log and count; runs after the agent has its reply."""
         req, bus = self.req, self.bus
@@ -385,6 +402,7 @@ class Invocation:
                 )
             )
         usage = result.usage
+        cost = self._cost_usd(result)
         bus.emit_later(
             InvocationEvent(
                 **common,
@@ -403,6 +421,7 @@ class Invocation:
                 metadata=req.metadata,
                 message_count=len(req.messages),
                 output_chars=len(result.output or ""),
+                cost_usd=cost,
             )
         )
         provider, model = result.provider or "", result.model or ""
@@ -411,6 +430,8 @@ class Invocation:
         if usage.prompt_tokens or usage.completion_tokens:
             metrics.TOKENS.labels(req.workflow, provider, model, "prompt").inc(usage.prompt_tokens)
             metrics.TOKENS.labels(req.workflow, provider, model, "completion").inc(usage.completion_tokens)
+        if cost:
+            metrics.SPEND.labels(req.workflow, provider, model).inc(cost)
         access_log.invocation(
             req, result, estimate=self.estimate, attempts=len(tried), trace_id=self.trace_id
         )

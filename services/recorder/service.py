@@ -9,6 +9,7 @@ import asyncio
 import logging
 import time
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime, timedelta
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
@@ -16,13 +17,17 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry.trace import SpanKind
 from pydantic import Field
 
-from services.recorder import retention, store
+from services.recorder import queries, retention, store
 from shared import codec, errors, names
 from shared.contracts import (
     Event,
     EventCountReply,
     EventCountRequest,
     InvocationEvent,
+    InvocationsReply,
+    InvocationsRequest,
+    StatsReply,
+    StatsRequest,
     TraceReply,
     TraceRequest,
 )
@@ -41,6 +46,7 @@ class RecorderSettings(Settings):
     invocation_retention_days: int = Field(default=180, ge=1)  # the invocation rows
     partitions_ahead_days: int = Field(default=2, ge=0)
     retention_interval_s: float = Field(default=3600.0, gt=0)
+    lag_interval_s: float = Field(default=5.0, gt=0)  # how often the audit lag gauges are refreshed
 
 
 class RecorderService(Service):
@@ -66,7 +72,11 @@ class RecorderService(Service):
         self._stopping = asyncio.Event()
         await self._retain_logged()  # today's partitions exist before the first write
         self.recorded = 0
-        tasks = [asyncio.create_task(self._consume()), asyncio.create_task(self._retain_forever())]
+        tasks = [
+            asyncio.create_task(self._consume()),
+            asyncio.create_task(self._retain_forever()),
+            asyncio.create_task(self._watch_lag_forever()),
+        ]
         stack.push_async_callback(self._stop, tasks)
         await self.bus.serve(
             names.recorder_trace(env), names.RECORDER_QUEUE, TraceRequest, self.trace, self._error_reply
@@ -77,6 +87,20 @@ class RecorderService(Service):
             EventCountRequest,
             self.count,
             lambda exc, _: EventCountReply(kind="", error=errors.to_wire(exc)),
+        )
+        await self.bus.serve(
+            names.recorder_stats(env),
+            names.RECORDER_QUEUE,
+            StatsRequest,
+            self.stats,
+            lambda exc, _: StatsReply(error=errors.to_wire(exc)),
+        )
+        await self.bus.serve(
+            names.recorder_invocations(env),
+            names.RECORDER_QUEUE,
+            InvocationsRequest,
+            self.invocations,
+            lambda exc, _: InvocationsReply(error=errors.to_wire(exc)),
         )
 
     async def _stop(self, tasks: list[asyncio.Task]) -> None:
@@ -127,6 +151,24 @@ class RecorderService(Service):
             for e in events:
                 metrics.EVENTS_RECORDED.labels(e.kind.value).inc()
 
+    async def _watch_lag_forever(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self.measure_lag()
+            except Exception as exc:
+                log.debug("audit lag not measured", extra={"error": repr(exc)})
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.settings.lag_interval_s)
+            except TimeoutError:
+                pass
+
+    async def measure_lag(self) -> tuple[int, float]:
+        """Export how far the audit log is behind the event stream as gauges."""
+        pending, age = await audit_lag(self.bus.js, self.settings.env)
+        metrics.AUDIT_PENDING.set(pending)
+        metrics.AUDIT_OLDEST_UNRECORDED.set(age)
+        return pending, age
+
     async def _retain_forever(self) -> None:
         while not self._stopping.is_set():
             try:
@@ -174,6 +216,25 @@ class RecorderService(Service):
             raise errors.Unavailable(f"audit log unavailable: {type(exc).__name__}") from exc
         return EventCountReply(kind=req.kind, count=count, invocations=invocations)
 
+    async def stats(self, req: StatsRequest, _: Msg) -> StatsReply:
+        """Per-workflow figures over the last `since_s` seconds, for `sbctl stats`."""
+        since = datetime.now(UTC) - timedelta(seconds=req.since_s)
+        try:
+            workflows = await queries.stats(self.db, self.settings.env, since, req.workflow)
+        except Exception as exc:
+            raise errors.Unavailable(f"audit log unavailable: {type(exc).__name__}") from exc
+        return StatsReply(since=since.timestamp(), workflows=workflows)
+
+    async def invocations(self, req: InvocationsRequest, _: Msg) -> InvocationsReply:
+        """The newest invocations matching the filters, for `sbctl invocations`."""
+        since = datetime.now(UTC) - timedelta(seconds=req.since_s)
+        filters = req.model_dump(include={"workflow", "status", "agent", "limit"})
+        try:
+            rows = await queries.invocations(self.db, self.settings.env, since, **filters)
+        except Exception as exc:
+            raise errors.Unavailable(f"audit log unavailable: {type(exc).__name__}") from exc
+        return InvocationsReply(invocations=rows)
+
     def health_details(self) -> dict:
         return {"recorded": getattr(self, "recorded", 0)}
 
@@ -195,3 +256,14 @@ def _trace_recorded(msgs: list[Msg], events: list[Event], fetched_ns: int) -> No
             start_time=fetched_ns,
             attributes={"switchboard.event_id": event.event_id, "switchboard.kind": event.kind.value},
         ).end()
+
+
+async def audit_lag(js, env: str) -> tuple[int, float]:
+    """(events in JetStream the recorders have not written yet, age in seconds of the oldest)."""
+    stream = names.events_stream(env)
+    info = await js.consumer_info(stream, names.RECORDER_DURABLE)
+    pending = info.num_pending + info.num_ack_pending
+    if not pending:
+        return 0, 0.0
+    oldest = await js.get_msg(stream, seq=info.ack_floor.stream_seq + 1, next=True)
+    return pending, max(0.0, time.time() - oldest.time.timestamp())

@@ -234,11 +234,15 @@ class RouterService(Service):
 
 
 def _export_headroom(providers: list[ProviderState]) -> None:
+    """Quota headroom and limits (provider-wide as model "*"), and circuit state, as gauges."""
     for p in providers:
-        for kind, value in (("requests", p.request_headroom), ("tokens", p.token_headroom)):
-            if value is not None:
-                metrics.QUOTA_HEADROOM.labels(p.provider, "*", kind).set(value)
-        for m in p.models:
-            for kind, value in (("requests", m.request_headroom), ("tokens", m.token_headroom)):
+        metrics.CIRCUIT_OPEN.labels(p.provider).set(1 if p.circuit_open_ms > 0 else 0)
+        for model, state in (("*", p), *((m.model, m) for m in p.models)):
+            for gauge, value in (
+                (metrics.QUOTA_REQUEST_HEADROOM, state.request_headroom),
+                (metrics.QUOTA_TOKEN_HEADROOM, state.token_headroom),
+                (metrics.QUOTA_REQUEST_LIMIT, state.rpm),
+                (metrics.QUOTA_TOKEN_LIMIT, state.tpm),
+            ):
                 if value is not None:
-                    metrics.QUOTA_HEADROOM.labels(p.provider, m.model, kind).set(value)
+                    gauge.labels(p.provider, model).set(value)

@@ -9,7 +9,15 @@ import os
 import sys
 
 from shared import errors, names
-from shared.sbctl import budget_cmds, config_cmds, drill_cmds, invoke_cmds, provider_cmds, status_cmds
+from shared.sbctl import (
+    budget_cmds,
+    config_cmds,
+    drill_cmds,
+    invoke_cmds,
+    provider_cmds,
+    stats_cmds,
+    status_cmds,
+)
 from shared.sbctl.output import fail
 from shared.settings import Settings
 from shared.telemetry.tracing import setup_tracing
@@ -99,6 +107,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=5.0)
     _common(p)
     p.set_defaults(func=invoke_cmds.trace)
+
+    p = sub.add_parser("stats", help="per workflow: status mix, latency, tokens, spend, fallbacks, breaches")
+    p.add_argument("--since", type=stats_cmds.duration, default="1h", help="window, e.g. 30m, 1h, 7d")
+    p.add_argument("--workflow")
+    p.add_argument("--timeout", type=float, default=30.0)
+    _common(p)
+    p.set_defaults(func=stats_cmds.stats)
+    p = sub.add_parser("invocations", help="the newest recorded invocations, filtered")
+    p.add_argument("--since", type=stats_cmds.duration, default="1h", help="window, e.g. 30m, 1h, 7d")
+    p.add_argument("--workflow")
+    p.add_argument("--status")
+    p.add_argument("--agent")
+    p.add_argument("--limit", type=stats_cmds.limit, default=50)
+    p.add_argument("--timeout", type=float, default=30.0)
+    _common(p)
+    p.set_defaults(func=stats_cmds.invocations)
 
     budget = sub.add_parser("budget", help="budget ceilings and usage").add_subparsers(
         dest="cmd", required=True

@@ -43,6 +43,11 @@ FALLBACKS = Counter(
     "reason is the failed call's outcome, or why the tier was skipped.",
     ["workflow", "from", "to", "reason"],
 )
+SPEND = Counter(
+    "switchboard_spend_usd_total",
+    "What answered invocations cost, in USD at the answering model's prices in the policy.",
+    ["workflow", "provider", "model"],
+)
 BUDGET_BREACHES = Counter(
     "switchboard_budget_breaches_total",
     "Invocations refused before the call by a token or spend limit.",
@@ -58,10 +63,43 @@ RATE_LIMIT_EVENTS = Counter(
     "Rate-limit events: provider 429s and local quota skips.",
     ["provider", "model", "source"],
 )
-QUOTA_HEADROOM = Gauge(
-    "switchboard_quota_headroom",
-    "Remaining quota in the current minute, by provider/model and kind (requests or tokens).",
-    ["provider", "model", "kind"],
+QUOTA_REQUEST_HEADROOM = Gauge(
+    "switchboard_quota_request_headroom",
+    "Requests left in the current minute of a provider's (model=\"*\") or a model's quota.",
+    ["provider", "model"],
+)
+QUOTA_TOKEN_HEADROOM = Gauge(
+    "switchboard_quota_token_headroom",
+    "Tokens left in the current minute of a provider's (model=\"*\") or a model's quota.",
+    ["provider", "model"],
+)
+QUOTA_REQUEST_LIMIT = Gauge(
+    "switchboard_quota_request_limit",
+    'Requests per minute the policy allows a provider (model="*") or a model.',
+    ["provider", "model"],
+)
+QUOTA_TOKEN_LIMIT = Gauge(
+    "switchboard_quota_token_limit",
+    'Tokens per minute the policy allows a provider (model="*") or a model.',
+    ["provider", "model"],
+)
+CIRCUIT_OPEN = Gauge(
+    "switchboard_circuit_open",
+    "1 while a provider's circuit breaker is open (calls to it are skipped), else 0.",
+    ["provider"],
+)
+SPEND_CEILING = Gauge(
+    "switchboard_budget_spend_ceiling_usd",
+    "A workflow's daily spend ceiling (budget.usd_per_day) in the active policy.",
+    ["workflow"],
+)
+AUDIT_PENDING = Gauge(
+    "switchboard_audit_pending_events",
+    "Events in JetStream that the recorder has not yet written to the audit log.",
+)
+AUDIT_OLDEST_UNRECORDED = Gauge(
+    "switchboard_audit_oldest_unrecorded_seconds",
+    "Age of the oldest event not yet written to the audit log (0 when none is waiting).",
 )
 HITL_QUEUE_DEPTH = Gauge("switchboard_hitl_queue_depth", "Pending reviews.", ["queue"])
 HITL_OLDEST_PENDING = Gauge(

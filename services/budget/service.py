@@ -47,7 +47,8 @@ class BudgetService(Service):
 
     async def setup(self, stack: AsyncExitStack) -> None:
         self.store = LedgerStore(self.redis)
-        _export_ceilings(self.config.active)
+        if self.config.loaded:  # else the first version to arrive sets them
+            _export_ceilings(self.config.active)
         self.config.on_change(_export_ceilings)
         env = self.settings.env
         await self.bus.serve(

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make the local infrastructure for Switchboard reachable:
-#   NATS (with JetStream) at $SB_NATS_URL, Redis at $SB_REDIS_URL, PostgreSQL at $SB_DATABASE_URL.
+#   NATS (with JetStream) at $SB_NATS_URL, Redis at $SB_REDIS_URL, PostgreSQL at $SB_DATABASE_URL,
+#   and Prometheus's binaries (prometheus, promtool) installed.
 # Anything that already answers on the URL's host:port is left alone. Missing local
 # (loopback) dependencies are started (and, as root on Debian, installed). Then the
 # database named in SB_DATABASE_URL is created if missing and migrations are applied.
@@ -316,9 +317,26 @@ ensure_kubectl() {  # `kubectl kustomize` renders deploy/k8s in the tests; Debia
   say "kubectl: installed (kubernetes-client)"
 }
 
+# ---------------------------------------------------------------------------- Prometheus
+# Debian's prometheus package: promtool checks and unit-tests deploy/prometheus/alerts.yml in
+# the test suite, and `make run` starts a local Prometheus with those alerts loaded.
+ensure_prometheus() {
+  if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then
+    say "prometheus: ok ($(command -v prometheus))"
+    return 0
+  fi
+  if apt_install --no-install-recommends prometheus; then
+    say "prometheus: installed ($(command -v prometheus))"
+  else
+    say "prometheus: WARNING: not installed and could not install it (apt-get install prometheus);" \
+      "the alert rule tests and make run's Prometheus need it"
+  fi
+}
+
 mkdir -p "$STATE_DIR"
 ensure_kubectl
 ensure_nats
 ensure_redis
 ensure_postgres
+ensure_prometheus
 run_migrations

@@ -1,6 +1,8 @@
-"""Run the whole system locally: every service as its own process, the example policy applied,
-a demo workload across two workflows (with a forced fallback and a budget refusal), a summary,
-then serve until Ctrl-C (or exit after the demo with --exit-after-demo) and stop every process.
+"""Run the whole system locally: every service as its own process, a Prometheus scraping them
+with the shipped alerts loaded, the example policy applied, a demo workload across two workflows
+(with a forced fallback and a budget refusal), a summary and what `sbctl stats` and
+`sbctl invocations` make of it, then serve until Ctrl-C (or exit after the demo with
+--exit-after-demo) and stop every process.
 
 Usage: python deploy/local/run.py [--exit-after-demo] [--invocations N]
 """
@@ -9,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -32,6 +36,8 @@ SERVICES = {  # name -> port env var, port
     "budget": ("SB_HTTP_PORT", 9103),
     "gateway": ("SB_HTTP_PORT", 9101),
 }
+PROMETHEUS_PORT = 9190
+ALERTS = REPO / "deploy/prometheus/alerts.yml"
 DEMO_KEYS = {"SB_OPENAI_SIM_API_KEY": "sk-demo-openai", "SB_ANTHROPIC_SIM_API_KEY": "sk-demo-anthropic"}
 PROMPTS = [
     "Customer says the invoice total is wrong after the plan change.",
@@ -92,6 +98,65 @@ class Processes:
                 proc.kill()
                 code = proc.wait()
             log(f"stopped {name} (exit {code})")
+
+
+def prometheus_config(run_dir: Path) -> Path:
+    """Scrape every local service (job "switchboard", as in production), with alerts.yml loaded."""
+    targets = [
+        {"targets": [f"127.0.0.1:{port}"], "labels": {"service": name}}
+        for name, (_, port) in SERVICES.items()
+        if name != "simulator"  # it has no /metrics
+    ]
+    config = {
+        "global": {"scrape_interval": "5s", "evaluation_interval": "15s"},
+        "rule_files": [str(ALERTS)],
+        "scrape_configs": [{"job_name": "switchboard", "static_configs": targets}],
+    }
+    path = run_dir / "prometheus.yml"
+    path.write_text(json.dumps(config, indent=2))  # JSON is YAML
+    return path
+
+
+def start_prometheus(run_dir: Path, log_dir: Path) -> subprocess.Popen | None:
+    binary = shutil.which("prometheus")
+    if binary is None:
+        log("prometheus not installed (deploy/local/infra.sh installs it); running without it")
+        return None
+    config = prometheus_config(run_dir)
+    out = open(log_dir / "prometheus.log", "ab")  # the child owns it
+    return subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={run_dir / 'prometheus-data'}",
+            "--storage.tsdb.retention.time=2d",
+            f"--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}",
+        ],
+        cwd=run_dir,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def prometheus_state(timeout: float = 30.0) -> str:
+    """'N/M targets up, K alert rules loaded' once every target has been scraped up (or timeout)."""
+    base = f"http://127.0.0.1:{PROMETHEUS_PORT}/api/v1"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/targets", timeout=2) as r:
+                targets = json.load(r)["data"]["activeTargets"]
+            with urllib.request.urlopen(f"{base}/rules?type=alert", timeout=2) as r:
+                rules = [rule for g in json.load(r)["data"]["groups"] for rule in g["rules"]]
+        except OSError:
+            targets, rules = [], []
+        up = [t for t in targets if t["health"] == "up"]
+        if (targets and len(up) == len(targets)) or time.monotonic() > deadline:
+            down = ", ".join(t["labels"].get("service", "?") for t in targets if t["health"] != "up")
+            return f"{len(up)}/{len(targets)} targets up{' (down: ' + down + ')' if down else ''}, " + (
+                f"{len(rules)} alert rules loaded"
+            )
+        time.sleep(0.5)
 
 
 def port_busy(port: int) -> bool:
@@ -157,12 +222,14 @@ def main() -> None:
     for key, value in DEMO_KEYS.items():
         env.setdefault(key, value)
     busy = [f"{n} ({p})" for n, (_, p) in SERVICES.items() if port_busy(p)]
+    busy += [f"prometheus ({PROMETHEUS_PORT})"] if port_busy(PROMETHEUS_PORT) else []
     if busy:
         raise SystemExit(f"ports already in use: {', '.join(busy)} - is another `make run` running?")
 
     log_dir = REPO / ".run" / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     procs = Processes(log_dir)
+    prometheus = None
     # Ctrl-C and SIGTERM both end the run at once, whatever it is doing, and every process it
     # started is stopped. SIGINT is set explicitly: a shell starts background jobs with it ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -170,6 +237,7 @@ def main() -> None:
     try:
         for name in SERVICES:
             procs.start(name, env)
+        prometheus = start_prometheus(REPO / ".run", log_dir)
         for name in SERVICES:
             procs.wait_ready(name)
         log(f"all services ready (env {env['SB_ENV']}); logs in {log_dir}")
@@ -189,6 +257,28 @@ def main() -> None:
                 print(shown.stdout or shown.stderr, flush=True)
                 break
             time.sleep(0.2)
+        recorded = [
+            *sbctl,
+            "invocations",
+            "--since",
+            "1h",
+            "--limit",
+            "1000",
+            "--json",
+            "--env",
+            env["SB_ENV"],
+        ]
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:  # every demo invocation in the audit log
+            shown = subprocess.run(recorded, cwd=REPO, env=env, capture_output=True, text=True)
+            if shown.returncode == 0 and len(json.loads(shown.stdout)["invocations"]) >= len(results):
+                break
+            time.sleep(0.2)
+        for cmd in (["stats", "--since", "1h"], ["invocations", "--since", "1h", "--limit", "8"]):
+            log(f"sbctl {' '.join(cmd)} --env {env['SB_ENV']}")
+            subprocess.run([*sbctl, *cmd, "--env", env["SB_ENV"]], cwd=REPO, env=env)
+        if prometheus is not None:
+            log(f"prometheus: http://127.0.0.1:{PROMETHEUS_PORT} - {prometheus_state()}")
         if args.exit_after_demo:
             return
         log("serving: gateway metrics at http://127.0.0.1:9101/metrics; Ctrl-C to stop")
@@ -199,6 +289,9 @@ def main() -> None:
         pass
     finally:
         procs.stop_all()
+        if prometheus is not None:
+            prometheus.terminate()
+            log(f"stopped prometheus (exit {prometheus.wait(timeout=25)})")
 
 
 if __name__ == "__main__":

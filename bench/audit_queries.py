@@ -2,7 +2,8 @@
 
 Fills a throw-away environment with N invocation rows spread over the last hour (plus one
 rate-limit and one breach event per 50 invocations) through the real partitioned tables, then
-times the recorder's queries (the code `sbctl` reaches through NATS) and drops the environment.
+times the recorder's queries (the code `sbctl` reaches through NATS) against a bare count(*) over
+the same window (the least any query over those rows costs), and drops the environment.
 
     python bench/audit_queries.py                # 1,000,000 rows
     python bench/audit_queries.py --rows 20000   # a quick look
@@ -92,6 +93,11 @@ async def main() -> None:
         )
         hour = now - timedelta(hours=1)
         q = queries
+
+        async def scan() -> list:  # the floor: touching every row of the window once
+            return await pool.fetch("select count(*) from invocations where env = $1 and ts >= $2", env, hour)
+
+        await timed("baseline: select count(*) over the same window", args.repeat, scan)
         await timed("stats --since 1h (all workflows)", args.repeat, lambda: q.stats(pool, env, hour, None))
         await timed("stats --since 1h --workflow wf-3", args.repeat, lambda: q.stats(pool, env, hour, "wf-3"))
         await timed("invocations --since 1h", args.repeat, lambda: q.invocations(pool, env, hour))

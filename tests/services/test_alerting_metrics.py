@@ -28,20 +28,27 @@ async def test_router_exports_quota_headroom_limits_and_circuit_state(stack, red
         policy["providers"]["openai-sim"]["quota"]["rpm"],
         policy["providers"]["openai-sim"]["quota"]["tpm"],
     )
-    labels = {"provider": "openai-sim", "model": "*"}
-    await wait_for(
-        lambda: (
-            sample("switchboard_quota_request_limit", **labels) == rpm
-            and sample("switchboard_quota_token_limit", **labels) == tpm
-        ),
-        message="quota limits exported",
-    )
-    assert sample("switchboard_quota_request_headroom", **labels) == rpm  # nothing used this minute
-    assert sample("switchboard_quota_token_headroom", **labels) == tpm
-    model = {"provider": "openai-sim", "model": "gpt-sim-large"}
     model_rpm = policy["providers"]["openai-sim"]["models"]["gpt-sim-large"]["quota"]["rpm"]
-    assert sample("switchboard_quota_request_limit", **model) == model_rpm
+    expected = {  # nothing used this minute in this env: headroom is the whole limit
+        ("switchboard_quota_request_limit", "*"): rpm,
+        ("switchboard_quota_token_limit", "*"): tpm,
+        ("switchboard_quota_request_headroom", "*"): rpm,
+        ("switchboard_quota_token_headroom", "*"): tpm,
+        ("switchboard_quota_request_limit", "gpt-sim-large"): model_rpm,
+    }
+
+    def exported() -> dict:
+        return {key: sample(key[0], provider="openai-sim", model=key[1]) for key in expected}
+
+    # The registry is per process and routers of earlier tests may linger in it: poll until this
+    # router's refresh (every 50 ms) is the last one written.
+    await wait_for(lambda: exported() == expected, message="quota limits and headroom exported")
     assert sample("switchboard_circuit_open", provider="openai-sim") == 0
     await redis.set(keys.circuit_open(stack.env, "openai-sim"), "1", px=60_000)  # as the router opens it
-    await wait_for(lambda: sample("switchboard_circuit_open", provider="openai-sim") == 1, message="open")
-    assert sample("switchboard_circuit_open", provider="anthropic-sim") == 0
+    await wait_for(
+        lambda: (
+            sample("switchboard_circuit_open", provider="openai-sim") == 1
+            and sample("switchboard_circuit_open", provider="anthropic-sim") == 0
+        ),
+        message="the open circuit exported",
+    )

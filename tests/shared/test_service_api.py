@@ -20,7 +20,7 @@ ENDPOINTS = {
     "gateway": {"invoke", "agent-invoke"},  # the operators' subject and the agents' own
     "router": {"router-plan", "router-outcome", "router-status", "router-block", "degradation"},
     "budget": {"budget-reserve", "budget-settle", "budget-show"},
-    "recorder": {"recorder-trace", "recorder-count"},
+    "recorder": {"recorder-trace", "recorder-count", "recorder-stats", "recorder-invocations"},
 }
 
 

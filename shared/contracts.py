@@ -255,6 +255,13 @@ class SettleRequest(Strict):
     model: str | None = None
 
 
+class SettleReply(Open):
+    """A budget replica took the settle (`settled`: ledgers changed; 0 for a repeat)."""
+
+    settled: int = 0
+    error: ErrorInfo | None = None
+
+
 class BudgetShowRequest(Strict):
     workflow: str
     session_id: str | None = None

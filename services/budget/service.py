@@ -25,6 +25,7 @@ from shared.contracts import (
     BudgetShowRequest,
     Reservation,
     ReserveRequest,
+    SettleReply,
     SettleRequest,
 )
 from shared.live_config import ActivePolicy
@@ -55,7 +56,11 @@ class BudgetService(Service):
             names.budget_reserve(env), names.BUDGET_QUEUE, ReserveRequest, self.reserve, self._error_reply
         )
         await self.bus.serve(
-            names.budget_settle(env), names.BUDGET_QUEUE, SettleRequest, self.settle, self._error_reply
+            names.budget_settle(env),
+            names.BUDGET_QUEUE,
+            SettleRequest,
+            self.settle,
+            lambda exc, _: SettleReply(error=errors.to_wire(exc)),
         )
         await self.bus.serve(
             names.budget_show(env),
@@ -96,16 +101,18 @@ class BudgetService(Service):
             return self._refuse(req, breach, version)
         return Reservation(allowed=True, max_tokens=max_tokens, reserved_tokens=worst, config_version=version)
 
-    async def settle(self, req: SettleRequest, _: Msg) -> None:
-        """Replace the reservation by actual usage; a duplicate or late settle changes nothing."""
+    async def settle(self, req: SettleRequest, _: Msg) -> SettleReply:
+        """Replace the reservation by actual usage; a duplicate or late settle changes nothing.
+        The reply acknowledges it: the gateway sends it again until it has one (an error reply,
+        Redis down, is not one)."""
         policy = self.config.active.policy
         workflow = policy.workflows.get(req.workflow)
         if workflow is None:  # left the policy since: its reservations expire by themselves
-            return
+            return SettleReply()
         budget = workflow.budget
         ledgers = self._ledgers(policy, req, budget)
         if not ledgers:
-            return
+            return SettleReply()
         used = req.prompt_tokens + req.completion_tokens
         cost = pricing.actual(policy, workflow, req.model, req.prompt_tokens, req.completion_tokens)
         amounts = limits.amounts(used, cost)
@@ -115,15 +122,16 @@ class BudgetService(Service):
             )
         except errors.BudgetUnavailable as exc:
             log.warning(
-                "settle lost; the reservation is released when it expires",
+                "settle not applied; the gateway sends it again",
                 extra={"invocation_id": req.invocation_id, "workflow": req.workflow, "error": exc.message},
             )
-            return
+            raise
         if not settled:
             log.warning(
-                "settle ignored: no reservation held (a duplicate, or later than reservation_ttl_s)",
+                "settle ignored: no reservation held (a repeat, or later than reservation_ttl_s)",
                 extra={"invocation_id": req.invocation_id, "workflow": req.workflow},
             )
+        return SettleReply(settled=settled)
 
     async def show(self, req: BudgetShowRequest, _: Msg) -> BudgetShowReply:
         """Ceilings, window usage, reservations in flight and spend today, for `sbctl budget show`."""

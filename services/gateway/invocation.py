@@ -326,9 +326,9 @@ class Invocation:
         )
 
     async def settle(self, usage: Usage | None = None, model: str | None = None) -> None:
-        """Turn the budget reservation into actual usage (none releases it all). A core publish:
-        it only enters the connection's buffer, and whatever is published after it on the same
-        connection (the reply) is sent after it."""
+        """Turn the budget reservation into actual usage (none releases it all). The first send
+        only enters the connection's buffer, so whatever is published after it on the same
+        connection (the reply) is sent after it; `Settler` repeats it until acknowledged."""
         if self.reservation is None or not self.reservation.reserved_tokens:
             return
         req = self.req
@@ -342,10 +342,7 @@ class Invocation:
             completion_tokens=usage.completion_tokens if usage else 0,
             model=model,
         )
-        try:
-            await self.bus.publish(names.budget_settle(self.env), settle)
-        except Exception as exc:  # the connection is closed: the hold is released when it expires
-            log.warning("settle not sent", extra={"invocation_id": req.invocation_id, "error": repr(exc)})
+        await self.gw.settler.send(settle, self.workflow.budget.reservation_ttl_s)
 
     def _cost_usd(self, result: InvokeResult) -> float | None:
         """What the answer cost at the answering model's prices (None when nothing answered)."""

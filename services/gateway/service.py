@@ -15,6 +15,7 @@ from services.gateway import access_log, identity
 from services.gateway.idempotency import Idempotency, Replay
 from services.gateway.invocation import Invocation
 from services.gateway.outcomes import OutcomeReporter
+from services.gateway.settling import Settler
 from shared import codec, errors, names
 from shared.contracts import InvokeRequest, InvokeResult, Status
 from shared.providers import ProviderPool
@@ -43,6 +44,9 @@ class GatewayService(Service):
             self.providers.update(self.config.active.policy)
         self.config.on_change(lambda active: self.providers.update(active.policy))
         self.idempotency = Idempotency(self.redis, self.settings.env)
+        self.settler = Settler(self.bus, self.settings.env)
+        await self.settler.start()
+        stack.push_async_callback(self.settler.close, self.settings.drain_timeout_s)
         self.outcomes = OutcomeReporter(self.bus, self.settings.env)
         self.outcomes.successes.start()
         stack.push_async_callback(self.outcomes.successes.close)

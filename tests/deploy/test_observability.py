@@ -4,6 +4,7 @@ alerts and the dashboard read is one the services export (their Prometheus regis
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
@@ -119,3 +120,19 @@ def test_compose_loads_the_alerts_and_provisions_the_dashboard():
     provider = yaml.safe_load((REPO / "deploy/grafana/provisioning/dashboards/switchboard.yml").read_text())
     assert grafana["./deploy/grafana/dashboards"] == provider["providers"][0]["options"]["path"]
     assert grafana["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+
+
+def test_the_local_prometheus_of_make_run_scrapes_every_service_with_the_alerts(tmp_path):
+    spec = importlib.util.spec_from_file_location("local_run", REPO / "deploy/local/run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    config = run.prometheus_config(tmp_path)
+    result = promtool("check", "config", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(rules())} rules found" in result.stdout
+    scraped = yaml.safe_load(config.read_text())["scrape_configs"][0]
+    assert scraped["job_name"] == "switchboard"  # the job the alerts select
+    ports = {t["labels"]["service"]: t["targets"][0] for t in scraped["static_configs"]}
+    assert ports == {
+        name: f"127.0.0.1:{port}" for name, (_, port) in run.SERVICES.items() if name != "simulator"
+    }

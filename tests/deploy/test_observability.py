@@ -100,6 +100,18 @@ def test_every_metric_the_alerts_and_dashboard_read_is_exported():
     assert used - exported() == set()
 
 
+def family(sample: str) -> str:
+    return re.sub(r"_(total|bucket|count|sum)$", "", sample)
+
+
+def test_every_exported_metric_is_on_the_dashboard():
+    """A new metric lands with a panel (and, if it can page someone, an alert with its test and
+    runbook section): nothing is exported that nobody looks at."""
+    shown = {family(m) for e in dashboard_exprs() for m in METRIC.findall(e)}
+    ours = {family(n) for n in exported() if n.startswith("switchboard_")}
+    assert ours - shown == set(), "metrics no dashboard panel shows"
+
+
 def test_dashboard_panels_use_the_provisioned_datasource():
     doc = json.loads(DASHBOARD.read_text())
     provisioned = yaml.safe_load(

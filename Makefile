@@ -15,7 +15,7 @@ NATS_ARGS ?=
 
 LOCK := deploy/docker/requirements.lock
 
-.PHONY: help setup infra run run-demo test faults lint lock nats-config bench bench-compare clean
+.PHONY: help setup infra run run-demo test test-auth faults lint lock nats-config bench bench-compare clean
 
 help: ## list targets
 	@echo "Switchboard make targets:"
@@ -49,6 +49,9 @@ test: infra ## run the test suite (PYTEST_ARGS=... to pass options)
 
 faults: setup ## the full fault suite on its own NATS/Redis/PostgreSQL; writes docs/reliability.md
 	$(PY) -m tests.faults.suite --report docs/reliability.md
+
+test-auth: infra ## the test suite with NATS authentication on: every process as its role
+	SB_TEST_NATS_AUTH=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: setup ## ruff lint + format check
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

@@ -3,11 +3,14 @@ simulator and Redis key prefix, cleaned up afterwards."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import redis.asyncio as aioredis
 
 from shared import keys
 from tests.support import infra as infra_support
+from tests.support.nats_server import AuthNats
 from tests.support.stack import Simulator, Stack, copy_policy, new_env
 
 SIM_KEYS = {"SB_OPENAI_SIM_API_KEY": "sk-test-openai", "SB_ANTHROPIC_SIM_API_KEY": "sk-test-anthropic"}
@@ -22,11 +25,27 @@ def sdk_state_dir(tmp_path_factory):
     mp.undo()
 
 
+# Agents the tests run as (SDK clients with `agent=`); each gets a NATS user in the authenticated run.
+TEST_AGENTS = ["alice", "bob", "sync-agent", "triage-bot", "demo-agent", "bench"]
+
+
 @pytest.fixture(scope="session")
-def infra() -> infra_support.Infra:
+def infra(tmp_path_factory):
+    """The infrastructure. With SB_TEST_NATS_AUTH=1 (`make test-auth`), NATS is a server of the
+    run's own with the generated users, and every service, client and sbctl the tests start
+    authenticates as its role (SB_NATS_CREDENTIALS_DIR)."""
     found = infra_support.discover()
     infra_support.migrate(found)
-    return found
+    if os.environ.get("SB_TEST_NATS_AUTH") != "1":
+        yield found
+        return
+    server = AuthNats(tmp_path_factory.mktemp("nats-auth"), TEST_AGENTS, test_user=True).start()
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SB_NATS_CREDENTIALS_DIR", str(server.credentials))
+    raw = {"user": "tests", "password": server.password("tests")}
+    yield infra_support.Infra(server.url, found.redis_url, found.database_url, nats_options=raw)
+    mp.undo()
+    server.stop()
 
 
 @pytest.fixture

@@ -311,10 +311,15 @@ run_migrations() {
 }
 
 # ---------------------------------------------------------------------------- test tools
-ensure_kubectl() {  # `kubectl kustomize` renders deploy/k8s in the tests; Debian's kubernetes-client
-  if command -v kubectl >/dev/null 2>&1; then return 0; fi
-  apt_install kubernetes-client || die "kubectl not found; install it (apt-get install kubernetes-client)"
-  say "kubectl: installed (kubernetes-client)"
+ensure_test_tools() {  # kubectl renders deploy/k8s (Debian's kubernetes-client); openssl makes test certificates
+  if ! command -v kubectl >/dev/null 2>&1; then
+    apt_install kubernetes-client || die "kubectl not found; install it (apt-get install kubernetes-client)"
+    say "kubectl: installed (kubernetes-client)"
+  fi
+  if ! command -v openssl >/dev/null 2>&1; then
+    apt_install openssl || die "openssl not found; install it (apt-get install openssl)"
+    say "openssl: installed"
+  fi
 }
 
 # ---------------------------------------------------------------------------- Prometheus
@@ -334,7 +339,7 @@ ensure_prometheus() {
 }
 
 mkdir -p "$STATE_DIR"
-ensure_kubectl
+ensure_test_tools
 ensure_nats
 ensure_redis
 ensure_postgres

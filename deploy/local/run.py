@@ -4,7 +4,11 @@ with the shipped alerts loaded, the example policy applied, a demo workload acro
 `sbctl invocations` make of it, then serve until Ctrl-C (or exit after the demo with
 --exit-after-demo) and stop every process.
 
-Usage: python deploy/local/run.py [--exit-after-demo] [--invocations N]
+Usage: python deploy/local/run.py [--exit-after-demo] [--invocations N] [--auth]
+
+--auth runs the same with NATS authentication on: a nats-server of the run's own (port 14222)
+with the users of deploy/nats/roles.yaml, passwords made on first use in .run/nats-auth/, and
+every service, sbctl and the demo agent connecting as its own role.
 """
 
 from __future__ import annotations
@@ -159,6 +163,67 @@ def prometheus_state(timeout: float = 30.0) -> str:
         time.sleep(0.5)
 
 
+AUTH_NATS_PORT = 14222
+
+
+def start_auth_nats(root: Path) -> subprocess.Popen:
+    """A nats-server with the generated users (credentials in root/credentials, kept)."""
+    import shutil
+
+    binary = shutil.which("nats-server") or str(Path(sys.executable).parent / "nats-server")
+    credentials = root / "credentials"
+    generate = [sys.executable, str(REPO / "deploy/nats/generate.py"), "--create", "--agent", "demo-agent"]
+    auth = subprocess.run(
+        [*generate, "--credentials-dir", str(credentials)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    (root / "auth.conf").write_text(auth)
+    (root / "server.conf").write_text(
+        f'listen: "127.0.0.1:{AUTH_NATS_PORT}"\n'
+        f'jetstream {{ store_dir: "{root / "js"}" }}\n'
+        'include "auth.conf"\n'
+    )
+    proc = subprocess.Popen(
+        [binary, "-c", str(root / "server.conf"), "-l", str(root / "nats.log")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while not port_busy(AUTH_NATS_PORT):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"nats-server with authentication did not start; see {root / 'nats.log'}")
+        time.sleep(0.05)
+    return proc
+
+
+async def show_refusal(env: dict[str, str]) -> None:
+    """The demo agent tries to settle a budget itself: the server refuses it."""
+    import nats
+
+    from shared import names, nats_auth
+    from shared.settings import Settings
+
+    refused = asyncio.get_running_loop().create_future()
+
+    async def on_error(exc: Exception) -> None:
+        if not refused.done():
+            refused.set_result(str(exc))
+
+    user = nats_auth.agent_user("demo-agent")
+    options = nats_auth.connect_options(
+        Settings(**{"nats_credentials_dir": env["SB_NATS_CREDENTIALS_DIR"]}), user
+    )
+    nc = await nats.connect(env["SB_NATS_URL"], error_cb=on_error, **options)
+    try:
+        await nc.publish(names.budget_settle(env["SB_ENV"]), b"{}")
+        await nc.flush()
+        log(f"as {user}, publishing a budget settle: {await asyncio.wait_for(refused, 5)}")
+    finally:
+        await nc.close()
+
+
 def port_busy(port: int) -> bool:
     import socket
 
@@ -214,11 +279,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--exit-after-demo", action="store_true", help="stop everything after the demo")
     parser.add_argument("--invocations", type=int, default=12)
+    parser.add_argument(
+        "--auth", action="store_true", help="NATS authentication on, every process as its role"
+    )
     args = parser.parse_args()
 
     env = {**os.environ}
     env.setdefault("SB_ENV", "dev")
     env.setdefault("SB_NATS_URL", "nats://127.0.0.1:4222")
+    nats_proc = None
+    if args.auth:
+        auth_dir = REPO / ".run" / "nats-auth"
+        auth_dir.mkdir(parents=True, exist_ok=True)
+        if port_busy(AUTH_NATS_PORT):
+            raise SystemExit(f"port {AUTH_NATS_PORT} already in use - is another `make run` running?")
+        nats_proc = start_auth_nats(auth_dir)
+        env["SB_NATS_URL"] = f"nats://127.0.0.1:{AUTH_NATS_PORT}"
+        env["SB_NATS_CREDENTIALS_DIR"] = str(auth_dir / "credentials")
+        os.environ["SB_NATS_CREDENTIALS_DIR"] = env["SB_NATS_CREDENTIALS_DIR"]  # the demo's SDK client
+        log(f"NATS authentication on ({env['SB_NATS_URL']}): every process connects as its own role")
     for key, value in DEMO_KEYS.items():
         env.setdefault(key, value)
     busy = [f"{n} ({p})" for n, (_, p) in SERVICES.items() if port_busy(p)]
@@ -246,6 +325,8 @@ def main() -> None:
             [*sbctl, "config", "apply", "config", "--env", env["SB_ENV"]], cwd=REPO, env=env, check=True
         )
         results = asyncio.run(demo(env, args.invocations))
+        if args.auth:
+            asyncio.run(show_refusal(env))
         print("\n" + summary(results) + "\n", flush=True)
         example = next(r for r in results if r.status.value == "fallback")
         trace_cmd = [*sbctl, "trace", example.invocation_id, "--env", env["SB_ENV"]]
@@ -292,6 +373,9 @@ def main() -> None:
         if prometheus is not None:
             prometheus.terminate()
             log(f"stopped prometheus (exit {prometheus.wait(timeout=25)})")
+        if nats_proc is not None:
+            nats_proc.terminate()
+            nats_proc.wait(timeout=10)
 
 
 if __name__ == "__main__":

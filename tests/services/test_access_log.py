@@ -42,7 +42,7 @@ def keys(line: dict) -> set[str]:
 
 
 async def raw_request(stack, subject: str, data: bytes) -> InvokeResult:
-    nc = await nats.connect(stack.infra.nats_url)
+    nc = await nats.connect(stack.infra.nats_url, **stack.infra.nats_options)
     try:
         msg = await nc.request(subject, data, timeout=5)
     finally:

@@ -38,7 +38,7 @@ NEEDS = {  # the services a target's valid request needs (the budget check of su
 
 @pytest.fixture
 async def nc(stack):
-    conn = await nats.connect(stack.infra.nats_url)
+    conn = await nats.connect(stack.infra.nats_url, **stack.infra.nats_options)
     yield conn
     await conn.close()
 

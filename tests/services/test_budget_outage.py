@@ -83,7 +83,7 @@ async def outage(stack, own_redis):
 
 
 async def test_the_budget_answers_at_once_when_redis_is_dead(stack, outage):
-    nc = await nats.connect(stack.infra.nats_url)
+    nc = await nats.connect(stack.infra.nats_url, **stack.infra.nats_options)
     errors_before = sample("switchboard_budget_store_errors_total", operation="reserve")
     request = ReserveRequest(
         invocation_id=uuid.uuid4().hex, workflow=CLOSED, session_id="s-1", estimated_prompt_tokens=8

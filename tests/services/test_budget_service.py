@@ -32,7 +32,7 @@ async def set_budget(stack, workflow: str = WF, **budget) -> None:
 
 @pytest.fixture
 async def nc(stack):
-    conn = await nats.connect(stack.infra.nats_url)
+    conn = await nats.connect(stack.infra.nats_url, **stack.infra.nats_options)
     yield conn
     await conn.close()
 

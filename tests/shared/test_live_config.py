@@ -20,7 +20,7 @@ CONFIGURED = ("gateway", "router", "budget")  # the recorder runs without policy
 
 async def put_raw(stack, data: bytes) -> None:
     """Write a value straight into the environment's config KV key, as a careless operator might."""
-    nc = await nats.connect(stack.infra.nats_url)
+    nc = await nats.connect(stack.infra.nats_url, **stack.infra.nats_options)
     try:
         kv = await nc.jetstream().key_value(names.config_bucket(stack.env))
         await kv.put(names.CONFIG_KEY, data)

@@ -49,7 +49,7 @@ async def test_each_replica_answers_ping_info_and_stats_with_exact_counts(runnin
     assert bad.error.code == "unknown_workflow"
 
     async with extra_service(SERVICES["router"][0](running.settings("router"))) as second_router:
-        nc = await nats.connect(running.infra.nats_url)
+        nc = await nats.connect(running.infra.nats_url, **running.infra.nats_options)
         try:
             ids = {second_router.bus.service_id, running["router"].bus.service_id}
             pings = [ServicePing.from_dict(p) for p in await gather(nc, names.service_api("PING"), ids)]

@@ -61,7 +61,7 @@ async def wait_events(
 
 async def provider_status(stack, provider: str | None = None) -> ProviderStatusReply:
     """The router's answer on `sb.<env>.router.status` (any replica)."""
-    nc = await nats.connect(stack.infra.nats_url)
+    nc = await nats.connect(stack.infra.nats_url, **stack.infra.nats_options)
     try:
         msg = await nc.request(
             names.router_status(stack.env), codec.encode(ProviderStatusRequest(provider=provider)), timeout=5

@@ -8,7 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import pytest
@@ -25,6 +25,9 @@ class Infra:
     nats_url: str
     redis_url: str
     database_url: str
+    # How a test's own raw connection authenticates (a test may publish anything; the services,
+    # clients and sbctl it runs use their roles). Empty when NATS is open.
+    nats_options: dict = field(default_factory=dict, hash=False)
 
 
 def _answers(url: str) -> bool:

@@ -3,6 +3,7 @@ deploy/nats/generate.py, JetStream in a temporary folder; never the machine's sh
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import socket
 import subprocess
@@ -25,10 +26,11 @@ def _free_port() -> int:
 class AuthNats:
     """nats-server with the generated users; passwords in `credentials` (one file per user)."""
 
-    def __init__(self, root: Path, agents: list[str], env: str = "*") -> None:
+    def __init__(self, root: Path, agents: list[str], env: str = "*", test_user: bool = False) -> None:
         self.root = root
         self.agents = agents
         self.env = env
+        self.test_user = test_user  # add an unrestricted `tests` user for the tests' raw connections
         self.credentials = root / "credentials"
         self.log = root / "nats.log"
         self.port = 0
@@ -44,6 +46,10 @@ class AuthNats:
     def violations(self) -> str:
         return "\n".join(line for line in self.log.read_text().splitlines() if "Violation" in line)
 
+    def server_config(self) -> str:
+        store = self.root / "js"
+        return f'listen: "127.0.0.1:{self.port}"\njetstream {{ store_dir: "{store}" }}\ninclude "auth.conf"\n'
+
     def start(self) -> AuthNats:
         binary = shutil.which("nats-server")
         if binary is None:
@@ -57,13 +63,13 @@ class AuthNats:
             capture_output=True,
             text=True,
         ).stdout
+        if self.test_user:
+            (self.credentials / "tests").write_text(secrets.token_urlsafe(16))
+            unrestricted = f'    {{user: "tests", password: "{self.password("tests")}"}},\n  ]\n}}'
+            auth = auth.rstrip().removesuffix("]\n}").rstrip() + "\n" + unrestricted + "\n"
         (self.root / "auth.conf").write_text(auth)
         self.port = _free_port()
-        (self.root / "server.conf").write_text(
-            f'listen: "127.0.0.1:{self.port}"\n'
-            f'jetstream {{ store_dir: "{self.root / "js"}" }}\n'
-            'include "auth.conf"\n'
-        )
+        (self.root / "server.conf").write_text(self.server_config())
         self._proc = subprocess.Popen(
             [binary, "-c", str(self.root / "server.conf"), "-l", str(self.log)],
             stdout=subprocess.DEVNULL,

@@ -89,3 +89,19 @@ async def test_the_agent_budget_holds_under_50_concurrent_invocations(agents_sta
     # another agent is not limited by alice's budget
     bob = await agents_stack.client(agent="bob")
     assert (await bob.invoke("support-triage", "still open?", session_id="s-bob")).status is Status.SUCCESS
+
+
+async def test_an_agent_spend_ceiling_refuses_before_the_call(stack):
+    policy = stack.policy()
+    policy["agents"] = {"carol": {"workflows": ["support-triage"], "budget": {"usd_per_day": 0.0001}}}
+    await stack.start()
+    await stack.apply(policy)
+    carol = await stack.client(agent="carol")
+
+    result = await carol.invoke("support-triage", "hello", max_tokens=1000)
+
+    assert result.status is Status.BUDGET_EXCEEDED
+    (breach,) = result.error.details
+    assert breach["scope"] == BudgetScope.AGENT_SPEND.value
+    assert result.error.message.startswith("agent carol daily spend ceiling of $0.0001")
+    assert (await stack.sim.control.stats())["total"] == 0

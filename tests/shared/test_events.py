@@ -32,6 +32,7 @@ from shared.contracts import (
     Status,
     TraceReply,
 )
+from shared.settings import Settings
 from tests.support.helpers import run_sbctl
 from tests.support.stack import wait_for
 
@@ -187,7 +188,10 @@ async def stored(stack, event_id: str) -> bytes | None:
 async def test_every_kind_walks_from_emit_through_the_recorder_to_sbctl_trace(stack):
     await stack.start("recorder")
     iid = f"inv-{uuid.uuid4().hex[:8]}"
-    bus = await Bus.connect(stack.infra.nats_url, env=stack.env, service="emitter")
+    # With NATS authentication on, the emitter connects as a service allowed to publish events.
+    bus = await Bus.connect(
+        stack.infra.nats_url, env=stack.env, service="emitter", settings=Settings(nats_user="gateway")
+    )
     try:
         sent = {e.kind: await bus.emit(e) for e in samples(iid)}
     finally:

@@ -8,7 +8,7 @@ per-environment lock this takes is held only for that.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import orjson
@@ -30,6 +30,14 @@ on conflict (env, invocation_id, ts) do update set
     prompt_tokens = excluded.prompt_tokens, completion_tokens = excluded.completion_tokens,
     latency_ms = excluded.latency_ms, error_code = excluded.error_code, body = excluded.body,
     cost_usd = excluded.cost_usd
+"""
+# An invocation recorded again later (held for review, then answered) keeps one row: the newest.
+# The key includes `ts`, so the older row is removed explicitly, looked for in the partitions of
+# the last SUPERSEDE_WINDOW only.
+SUPERSEDE_WINDOW = timedelta(days=7)
+DELETE_SUPERSEDED = """
+delete from invocations i using unnest($2::text[], $3::timestamptz[]) as n(id, ts)
+where i.env = $1 and i.ts >= $4 and i.invocation_id = n.id and i.ts < n.ts
 """
 INSERT_CONFIG = """
 insert into config_versions (env, version, applied_at, applied_by, checksum, source, policy)
@@ -84,12 +92,22 @@ async def write_batch(pool: asyncpg.Pool, events: list[Event]) -> None:
                     orjson.dumps(e.policy).decode(),
                 )
             )
+    newest = {}  # per (env, invocation): the latest row of this batch
+    for row in sorted(invocation_rows, key=lambda r: r[2]):
+        newest[row[0], row[1]] = row
+    invocation_rows = list(newest.values())
     days = {(r[0], r[3].date()) for r in event_rows}
     async with pool.acquire() as conn:
         for env, day in sorted(days):
             await conn.execute("select audit_ensure_partitions($1, $2, $2)", env, day)
         async with conn.transaction():
             await conn.executemany(INSERT_EVENT, event_rows)
+            for env in {r[0] for r in invocation_rows}:
+                rows = [r for r in invocation_rows if r[0] == env]
+                stamps = [r[2] for r in rows]
+                await conn.execute(
+                    DELETE_SUPERSEDED, env, [r[1] for r in rows], stamps, min(stamps) - SUPERSEDE_WINDOW
+                )
             if invocation_rows:
                 await conn.executemany(UPSERT_INVOCATION, invocation_rows)
             if config_rows:

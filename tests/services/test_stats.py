@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.recorder import store
-from shared.contracts import BudgetBreachEvent, InvocationEvent, RateLimitEvent
+from shared.contracts import BudgetBreachEvent, InvocationEvent, RateLimitEvent, Status
 from tests.support.audit import recorded_events
 from tests.support.helpers import run_sbctl, sample
 from tests.support.stack import wait_for
@@ -143,3 +143,29 @@ async def test_bad_windows_and_limits_are_refused_with_exit_2(stack):
     for args in (("stats", "--since", "an hour"), ("invocations", "--limit", "0")):
         code, _, err = await run_sbctl(stack.infra, *args, "--env", stack.env)
         assert code == 2 and "invalid" in err
+
+
+async def test_an_invocation_recorded_again_keeps_one_row_the_newest(stack):
+    """Held for review, then answered: two invocation events, one row, counted once."""
+    await stack.start("recorder")
+    db, env, now = stack["recorder"].db, stack.env, datetime.now(UTC)
+    held = invocation(env, now - timedelta(hours=2), workflow="triage", status="pending_review")
+    answered = held.model_copy(
+        update={"event_id": uuid.uuid4().hex, "ts": now.timestamp(), "status": Status.SUCCESS}
+    )
+    await store.write_batch(db, [held])
+    await store.write_batch(db, [answered])
+    quick = invocation(env, now - timedelta(minutes=1), workflow="triage", status="pending_review")
+    decided = quick.model_copy(
+        update={"event_id": uuid.uuid4().hex, "ts": now.timestamp(), "status": Status.REJECTED}
+    )
+    await store.write_batch(db, [quick, decided])  # both in one batch
+
+    rows = await db.fetch("select invocation_id, status from invocations where env = $1 order by status", env)
+    assert [(r["invocation_id"], r["status"]) for r in rows] == [
+        (decided.invocation_id, "rejected"),
+        (answered.invocation_id, "success"),
+    ]
+    stats = await sbctl_json(stack, "stats", "--since", "3h")
+    assert stats["workflows"][0]["by_status"] == {"rejected": 1, "success": 1}
+    assert await db.fetchval("select count(*) from events where env = $1", env) == 4  # the trail keeps both

@@ -83,6 +83,9 @@ PROBES = [
     ("recorder", ALLOW, SUB, sb("recorder.trace")),
     ("recorder", ALLOW, PUB, f"$JS.API.CONSUMER.MSG.NEXT.{S}.recorder"),
     ("recorder", ALLOW, PUB, f"$JS.ACK.{S}.recorder.1.1.1.1.1"),
+    ("recorder", ALLOW, PUB, f"$JS.API.STREAM.MSG.GET.{S}"),  # the audit lag reads the oldest event
+    ("recorder", ALLOW, SUB, sb("recorder.stats")),
+    ("recorder", ALLOW, SUB, sb("recorder.invocations")),
     ("recorder", DENY, PUB, sb("budget.settle")),
     ("recorder", DENY, PUB, f"$KV.{B}.policy"),
     ("recorder", DENY, PUB, f"$JS.API.STREAM.DELETE.{S}"),
@@ -97,6 +100,8 @@ PROBES = [
     ("operator", ALLOW, PUB, f"$KV.{B}.policy"),
     ("operator", ALLOW, PUB, sb("router.block")),
     ("operator", ALLOW, PUB, sb("budget.show")),
+    ("operator", ALLOW, PUB, sb("recorder.stats")),  # sbctl stats
+    ("operator", ALLOW, PUB, sb("recorder.invocations")),  # sbctl invocations
     ("operator", ALLOW, PUB, "$SRV.PING"),  # sbctl status
     ("operator", ALLOW, PUB, sb("invoke.support-triage")),
     ("operator", ALLOW, PUB, sb("events.config")),  # the record of a policy change it made

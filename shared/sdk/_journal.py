@@ -2,7 +2,7 @@
 the passthrough records not yet uploaded.
 
 Layout under the state directory (`state_dir`, else `SB_SDK_STATE_DIR`, else
-`$XDG_STATE_HOME/switchboard` or `~/.local/state/switchboard`), per environment:
+`$XDG_STATE_HOME/switchboard/sdk` or `~/.local/state/switchboard/sdk`), per environment:
 
     <env>/modes.json                  {workflow: DegradationPlan}; no keys, only variable names
     <env>/passthrough/<event_id>.json one PassthroughEvent per file, written atomically
@@ -28,7 +28,7 @@ def default_root() -> Path:
     if explicit := os.environ.get("SB_SDK_STATE_DIR"):
         return Path(explicit)
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(base) / "switchboard"
+    return Path(base) / "switchboard" / "sdk"  # a folder of its own beside the local servers' data
 
 
 class Journal:

@@ -208,3 +208,13 @@ async def test_no_gateway_with_nats_up_passes_through_and_uploads_at_once(plane,
         assert await _provider_calls(plane) == before + 1
         rows = await wait_for(lambda: _rows_if(plane, ["pt-no-gateway"], 1), timeout=30)
     assert rows[0]["reason"] == "no gateway is serving this environment"
+
+
+def test_the_state_dir_is_the_setting_else_a_folder_of_its_own(monkeypatch, tmp_path):
+    from shared.sdk._journal import default_root
+
+    monkeypatch.delenv("SB_SDK_STATE_DIR", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert default_root() == tmp_path / "xdg" / "switchboard" / "sdk"
+    monkeypatch.setenv("SB_SDK_STATE_DIR", str(tmp_path / "explicit"))
+    assert default_root() == tmp_path / "explicit"

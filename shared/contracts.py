@@ -530,6 +530,18 @@ class EventCountReply(Open):
     error: ErrorInfo | None = None
 
 
+class DeadLettersRequest(Strict):
+    limit: int = Field(default=20, ge=1, le=1000)
+
+
+class DeadLettersReply(Open):
+    """Events the audit log could not hold: how many, and the newest (raw event as text)."""
+
+    count: int = 0
+    dead_letters: list[dict] = Field(default_factory=list)
+    error: ErrorInfo | None = None
+
+
 class TraceReply(Open):
     invocation_id: str
     found: bool

@@ -89,6 +89,10 @@ def recorder_count(env: str) -> str:
     return f"sb.{env}.recorder.count"
 
 
+def recorder_dead_letters(env: str) -> str:
+    return f"sb.{env}.recorder.dead-letters"
+
+
 def budget_reserve(env: str) -> str:
     return f"sb.{env}.budget.reserve"
 

@@ -17,9 +17,11 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry.trace import SpanKind
 from pydantic import Field
 
-from services.recorder import queries, retention, store
+from services.recorder import deadletter, queries, retention, store
 from shared import codec, errors, names
 from shared.contracts import (
+    DeadLettersReply,
+    DeadLettersRequest,
     Event,
     EventCountReply,
     EventCountRequest,
@@ -102,6 +104,13 @@ class RecorderService(Service):
             self.invocations,
             lambda exc, _: InvocationsReply(error=errors.to_wire(exc)),
         )
+        await self.bus.serve(
+            names.recorder_dead_letters(env),
+            names.RECORDER_QUEUE,
+            DeadLettersRequest,
+            self.dead_letters,
+            lambda exc, _: DeadLettersReply(error=errors.to_wire(exc)),
+        )
 
     async def _stop(self, tasks: list[asyncio.Task]) -> None:
         self._stopping.set()
@@ -122,34 +131,75 @@ class RecorderService(Service):
                 await asyncio.sleep(backoff)
                 continue
             fetched_ns = time.time_ns()
-            events, good = [], []
+            batch, unreadable = [], []
             for msg in msgs:
                 try:
                     event = codec.decode_event(msg.data)
                 except codec.DecodeError as exc:
-                    log.error("unreadable event dropped", extra={"subject": msg.subject, "error": str(exc)})
-                    await msg.term()
+                    unreadable.append((msg, f"unreadable: {exc}"))
                     continue
-                events.append(event)
-                good.append(msg)
-            if not events:
-                continue
-            try:
-                await store.write_batch(self.db, events)
-            except Exception as exc:  # PostgreSQL down: leave unacked, JetStream redelivers
-                log.error("audit write failed; will retry", extra={"error": repr(exc), "batch": len(events)})
-                for msg in good:
-                    await msg.nak(delay=backoff)
+                batch.append((event, msg))
+            written = await self._write(batch, backoff, fetched_ns) if batch else True
+            for i, (msg, reason) in enumerate(unreadable):
+                if not await self._dead_letter(msg, None, reason, "unreadable"):
+                    await self._retry_later([m for m, _ in unreadable[i:]], backoff)
+                    written = False
+                    break
+            if written:
+                backoff = 0.2
+            else:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
-                continue
-            backoff = 0.2
-            for msg in good:
-                await msg.ack()
-            _trace_recorded(good, events, fetched_ns)
-            self.recorded += len(events)
-            for e in events:
-                metrics.EVENTS_RECORDED.labels(e.kind.value).inc()
+
+    async def _write(self, batch: list[tuple[Event, Msg]], backoff: float, fetched_ns: int) -> bool:
+        """Write a batch in one transaction; if PostgreSQL refuses it, one event at a time,
+        dead-lettering each event it refuses. False when PostgreSQL is unreachable (the events
+        not yet written are left for redelivery)."""
+        try:
+            await store.write_batch(self.db, [event for event, _ in batch])
+        except Exception as exc:
+            if deadletter.unavailable(exc):
+                log.error("audit write failed; will retry", extra={"error": repr(exc), "batch": len(batch)})
+                await self._retry_later([msg for _, msg in batch], backoff)
+                return False
+            for i, (event, msg) in enumerate(batch):
+                try:
+                    await store.write_batch(self.db, [event])
+                except Exception as one:
+                    if deadletter.unavailable(one) or not await self._dead_letter(
+                        msg, event, f"{type(one).__name__}: {one}", "rejected"
+                    ):
+                        await self._retry_later([m for _, m in batch[i:]], backoff)
+                        return False
+                    continue
+                await self._done([(event, msg)], fetched_ns)
+            return True
+        await self._done(batch, fetched_ns)
+        return True
+
+    async def _done(self, batch: list[tuple[Event, Msg]], fetched_ns: int) -> None:
+        for event, msg in batch:
+            await msg.ack()
+            metrics.EVENTS_RECORDED.labels(event.kind.value).inc()
+        _trace_recorded([msg for _, msg in batch], [event for event, _ in batch], fetched_ns)
+        self.recorded += len(batch)
+
+    async def _dead_letter(self, msg: Msg, event: Event | None, reason: str, why: str) -> bool:
+        """Keep an event the audit log cannot hold and acknowledge it; False if PostgreSQL is down."""
+        try:
+            await deadletter.keep(self.db, self.settings.env, msg, event, reason)
+        except Exception as exc:
+            log.error("dead letter not kept; will retry", extra={"error": repr(exc)})
+            return False
+        await msg.ack()
+        metrics.EVENTS_DEAD_LETTERED.labels(why).inc()
+        log.error("event dead-lettered", extra={"subject": msg.subject, "reason": reason[:500]})
+        return True
+
+    @staticmethod
+    async def _retry_later(msgs: list[Msg], delay: float) -> None:
+        for msg in msgs:
+            await msg.nak(delay=delay)
 
     async def _watch_lag_forever(self) -> None:
         while not self._stopping.is_set():
@@ -234,6 +284,13 @@ class RecorderService(Service):
         except Exception as exc:
             raise errors.Unavailable(f"audit log unavailable: {type(exc).__name__}") from exc
         return InvocationsReply(invocations=rows)
+
+    async def dead_letters(self, req: DeadLettersRequest, _: Msg) -> DeadLettersReply:
+        try:
+            count, rows = await deadletter.recent(self.db, self.settings.env, req.limit)
+        except Exception as exc:
+            raise errors.Unavailable(f"audit log unavailable: {type(exc).__name__}") from exc
+        return DeadLettersReply(count=count, dead_letters=rows)
 
     def health_details(self) -> dict:
         return {"recorded": getattr(self, "recorded", 0)}

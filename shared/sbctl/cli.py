@@ -10,6 +10,7 @@ import sys
 
 from shared import errors, names
 from shared.sbctl import (
+    audit_cmds,
     budget_cmds,
     config_cmds,
     drill_cmds,
@@ -123,6 +124,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0)
     _common(p)
     p.set_defaults(func=stats_cmds.invocations)
+    p = sub.add_parser("dead-letters", help="events the audit log could not hold, with the reason")
+    p.add_argument("--limit", type=int, default=20, help="how many of the newest to show")
+    p.add_argument("--timeout", type=float, default=5.0)
+    _common(p)
+    p.set_defaults(func=audit_cmds.dead_letters)
 
     budget = sub.add_parser("budget", help="budget ceilings and usage").add_subparsers(
         dest="cmd", required=True

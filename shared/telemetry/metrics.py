@@ -122,6 +122,16 @@ HANDLER_ERRORS = Counter(
 )
 EVENTS_PUBLISHED = Counter("switchboard_events_published_total", "Events published to JetStream.", ["kind"])
 EVENT_PUBLISH_FAILURES = Counter(
-    "switchboard_event_publish_failures_total", "Events that could not be published.", ["kind"]
+    "switchboard_event_publish_failures_total",
+    "Events lost: the local spool was full, or still held them when the process stopped.",
+    ["kind"],
+)
+EVENT_SPOOL_DEPTH = Gauge(
+    "switchboard_event_spool_depth", "Events waiting in this process's local spool for JetStream."
 )
 EVENTS_RECORDED = Counter("switchboard_events_recorded_total", "Events written to the audit log.", ["kind"])
+EVENTS_DEAD_LETTERED = Counter(
+    "switchboard_events_dead_lettered_total",
+    "Events the audit log could not hold, kept in dead_letters (unreadable | rejected).",
+    ["reason"],
+)

@@ -20,7 +20,13 @@ ENDPOINTS = {
     "gateway": {"invoke", "agent-invoke"},  # the operators' subject and the agents' own
     "router": {"router-plan", "router-outcome", "router-status", "router-block", "degradation"},
     "budget": {"budget-reserve", "budget-settle", "budget-show"},
-    "recorder": {"recorder-trace", "recorder-count", "recorder-stats", "recorder-invocations"},
+    "recorder": {
+        "recorder-trace",
+        "recorder-count",
+        "recorder-stats",
+        "recorder-invocations",
+        "recorder-dead-letters",
+    },
 }
 
 

@@ -181,7 +181,8 @@ async def cleanup_env(infra: Infra, env: str) -> None:
     conn = await asyncpg.connect(infra.database_url)
     try:
         await conn.execute("select audit_drop_env($1)", env)
-        await conn.execute("delete from config_versions where env = $1", env)
+        for table in ("config_versions", "dead_letters"):
+            await conn.execute(f"delete from {table} where env = $1", env)
     finally:
         await conn.close()
 

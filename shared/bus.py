@@ -30,6 +30,7 @@ from pydantic import BaseModel
 from shared import codec, errors, names, nats_auth, service_api
 from shared.contracts import Event
 from shared.settings import Settings
+from shared.spool import SPOOL_MAX_BYTES, EventSpool, Spooled
 from shared.telemetry import metrics, tracing
 
 log = logging.getLogger("switchboard.bus")
@@ -38,13 +39,22 @@ R = TypeVar("R", bound=BaseModel)
 E = TypeVar("E", bound=Event)
 
 EVENTS_MAX_AGE_S = 7 * 24 * 3600  # the stream is a buffer; PostgreSQL keeps the 90 days
-PUBLISH_RETRY_S = 30.0
+PUBLISH_TIMEOUT_S = 2.0
 
 
 class Bus:
     """One NATS connection per process, with JetStream, owned by the service's exit stack."""
 
-    def __init__(self, nc: NATS, *, env: str, service: str, max_payload: int, max_inflight: int):
+    def __init__(
+        self,
+        nc: NATS,
+        *,
+        env: str,
+        service: str,
+        max_payload: int,
+        max_inflight: int,
+        spool_max_bytes: int = SPOOL_MAX_BYTES,
+    ):
         self.nc = nc
         self.js = nc.jetstream()
         self.env = env
@@ -56,6 +66,7 @@ class Bus:
         self._tracer = tracing.tracer(f"switchboard.{service}")
         self.endpoints: list[service_api.Endpoint] = []
         self._registration: service_api.Registration | None = None
+        self.spool = EventSpool(self.js, max_bytes=spool_max_bytes, publish_timeout_s=PUBLISH_TIMEOUT_S)
 
     @classmethod
     async def connect(
@@ -238,8 +249,8 @@ class Bus:
         )
 
     async def emit(self, event: E) -> E:
-        """Publish an event durably (JetStream ack, de-duplicated by event id), retrying a while;
-        returns it as sent. The current span gets it as a span event."""
+        """Publish an event durably (JetStream ack, de-duplicated by event id), or spool it when
+        JetStream does not take it; returns it as sent. The current span gets it as a span event."""
         stamped = self.stamp(event)
         tracing.add_span_event(stamped)
         await self._publish_event(stamped)
@@ -254,24 +265,23 @@ class Bus:
 
     async def _publish_event(self, event: Event) -> None:
         kind = event.kind.value
-        data = codec.encode(event)
-        headers = tracing.inject({"Nats-Msg-Id": event.event_id})
-        deadline = time.monotonic() + PUBLISH_RETRY_S
-        delay = 0.1
-        while True:
-            try:
-                await self.js.publish(names.event(self.env, kind), data, headers=headers, timeout=2.0)
-                metrics.EVENTS_PUBLISHED.labels(kind).inc()
-                return
-            except Exception as exc:
-                if time.monotonic() + delay > deadline:
-                    metrics.EVENT_PUBLISH_FAILURES.labels(kind).inc()
-                    log.error(
-                        "event lost", extra={"kind": kind, "event_id": event.event_id, "error": repr(exc)}
-                    )
-                    return
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        item = Spooled(
+            subject=names.event(self.env, kind),
+            data=codec.encode(event),
+            headers=tracing.inject({"Nats-Msg-Id": event.event_id}),
+            kind=kind,
+            event_id=event.event_id,
+        )
+        if self.spool:  # JetStream is not taking events: queue behind those that wait
+            self.spool.add(item)
+            return
+        try:
+            await self.js.publish(item.subject, item.data, headers=item.headers, timeout=PUBLISH_TIMEOUT_S)
+        except Exception as exc:
+            log.warning("event spooled", extra={"kind": kind, "event_id": item.event_id, "error": repr(exc)})
+            self.spool.add(item)
+            return
+        metrics.EVENTS_PUBLISHED.labels(kind).inc()
 
     def spawn(self, coro: Awaitable) -> None:
         task = asyncio.ensure_future(coro)
@@ -296,8 +306,11 @@ class Bus:
     # --- shutdown ---------------------------------------------------------------------
 
     async def drain(self, timeout: float) -> None:
-        """Stop taking work, finish what is in flight (replies, events), then close."""
+        """Stop taking work, finish what is in flight (replies, events), give spooled events the
+        rest of `timeout` to reach JetStream, then close."""
+        deadline = time.monotonic() + timeout
         await self.stop_serving(timeout)
+        await self.spool.wait_empty(max(0.0, deadline - time.monotonic()))
         await self.close()
 
     async def stop_serving(self, timeout: float) -> None:
@@ -315,6 +328,7 @@ class Bus:
             await asyncio.wait(set(self._inflight), timeout=left)
 
     async def close(self) -> None:
+        await self.spool.close()
         if not self.nc.is_closed:
             try:
                 await self.nc.drain()

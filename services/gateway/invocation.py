@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
+from redis.exceptions import RedisError
 
 from services.gateway import access_log
-from shared import errors, names, pricing, tokens
+from shared import errors, names, pricing, provider_state, tokens
 from shared.contracts import (
     Attempt,
     AttemptEvent,
@@ -238,28 +239,37 @@ class Invocation:
                 "router unavailable; planning from local policy",
                 extra={"invocation_id": req.invocation_id, "error": str(exc)},
             )
-            return self._static_plan(start)
+            return await self._local_plan(start)
         if plan.error is not None:
             if plan.error.code == errors.UnknownWorkflow.code:
-                return self._static_plan(start)  # the router runs another policy version than ours
+                return await self._local_plan(start)  # the router runs another policy version
             raise errors.from_wire(plan.error)
         return plan
 
-    def _static_plan(self, start: int) -> Plan:
+    async def _local_plan(self, start: int) -> Plan:
+        """The policy's tiers from `start`, without those an operator blocked, cooling down after
+        a 429 or with an open circuit (read from the router's state in Redis); every tier when
+        that state cannot be read either. Quotas are the router's to debit: not checked here."""
+        tiers = [
+            PlannedTier(
+                tier=i, provider=t.provider, model=t.model, timeout_ms=t.timeout_ms, slo_p99_ms=t.slo_p99_ms
+            )
+            for i, t in enumerate(self.workflow.tiers)
+            if i >= start
+        ]
+        try:
+            ruled_out = await provider_state.unavailable(self.gw.redis, self.env, tiers)
+        except RedisError as exc:
+            log.warning(
+                "provider state unavailable; trying every tier in policy order",
+                extra={"invocation_id": self.req.invocation_id, "error": repr(exc)},
+            )
+            ruled_out = {}
         return Plan(
             workflow=self.req.workflow,
             config_version=self.active.version,
-            tiers=[
-                PlannedTier(
-                    tier=i,
-                    provider=t.provider,
-                    model=t.model,
-                    timeout_ms=t.timeout_ms,
-                    slo_p99_ms=t.slo_p99_ms,
-                )
-                for i, t in enumerate(self.workflow.tiers)
-                if i >= start
-            ],
+            tiers=[t for t in tiers if t.tier not in ruled_out],
+            skipped=list(ruled_out.values()),
         )
 
     def _estimate(self) -> int:

@@ -5,13 +5,7 @@ from __future__ import annotations
 from services.router.health import TierCheck
 from shared.contracts import Plan, PlannedTier, SkippedTier
 from shared.policy import TierSpec, WorkflowSpec
-
-SKIP_REASONS = {
-    "blocked": "blocked by operator: {}",
-    "cooldown": "cooling down after a 429 ({} ms left)",
-    "circuit_open": "circuit open ({} ms left)",
-    "local_quota": "out of quota: {}",
-}
+from shared.provider_state import SKIP_REASONS
 
 
 def planned(index: int, tier: TierSpec) -> PlannedTier:

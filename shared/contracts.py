@@ -14,6 +14,18 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
 MetadataValue = str | int | float | bool
+# What an agent sends that ends up in the audit log as a value: no control characters (PostgreSQL
+# text and jsonb cannot hold NUL, and none is ever meant in a name or a label), bounded sizes,
+# and integers that fit 64 bits (what JSON encoders and PostgreSQL hold).
+_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+Label = Annotated[str, StringConstraints(max_length=128, pattern=_PRINTABLE)]
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_PRINTABLE)]
+MetadataInput = (
+    Annotated[str, StringConstraints(max_length=1024, pattern=_PRINTABLE)]
+    | Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+    | float
+    | bool
+)
 
 
 class Strict(BaseModel):
@@ -36,20 +48,22 @@ class Status(StrEnum):
 class Message(Strict):
     role: Literal["system", "user", "assistant", "tool"]
     content: str = Field(max_length=1_000_000)
-    name: str | None = None
+    name: Label | None = None
 
 
 class InvokeRequest(Strict):
     invocation_id: Identifier
     workflow: Identifier
     session_id: Identifier | None = None
-    agent: str | None = Field(default=None, max_length=128)
+    agent: Label | None = None
     messages: list[Message] = Field(min_length=1, max_length=1000)
     max_tokens: int | None = Field(default=None, gt=0, le=1_000_000)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    stop: list[str] | None = Field(default=None, max_length=8)
-    metadata: dict[str, MetadataValue] = Field(default_factory=dict, max_length=64)
+    stop: list[Annotated[str, StringConstraints(min_length=1, max_length=256)]] | None = Field(
+        default=None, max_length=8
+    )
+    metadata: dict[MetadataKey, MetadataInput] = Field(default_factory=dict, max_length=64)
 
 
 class Usage(Open):

@@ -372,7 +372,7 @@ class Invocation:
         return round(micro / 1_000_000, 9)
 
     def record(self, result: InvokeResult) -> None:
-        """Emit events, log and count; runs after the agent has its reply."""
+        """Emit events (in the background), log and count."""
         req, bus = self.req, self.bus
         common = {
             "invocation_id": req.invocation_id,

@@ -4,6 +4,7 @@ result, replies, and records what happened."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from contextlib import AsyncExitStack
@@ -94,18 +95,23 @@ class GatewayService(Service):
             await run.settle()
             await self.idempotency.forget(req.invocation_id)
             result = run.failed(exc)
-            await self.bus.reply(msg, result)
             run.record(result)
+            await asyncio.sleep(0)  # the events enter the connection's buffer ahead of the reply
+            await self.bus.reply(msg, result)
             return
         except BaseException:
             await run.settle()  # nothing was used: release the reservation now, not at its expiry
             await self.idempotency.forget(req.invocation_id)
             raise
+        # Stored, settled and recorded before it is sent: the reply is published after the
+        # settle and the events on the same connection, so a gateway killed once the agent has
+        # its answer leaves a stored reply, a settle and an audit trail already on their way.
         data = codec.encode(result)
-        await self.idempotency.finish(req.invocation_id, digest, data)  # stored before it is sent
+        await self.idempotency.finish(req.invocation_id, digest, data)
         await run.settle(result.usage, result.model)
-        await self.bus.reply_raw(msg, data)
         run.record(result)
+        await asyncio.sleep(0)  # the event publishes enter the connection's buffer first
+        await self.bus.reply_raw(msg, data)
 
     def _error_reply(self, exc: errors.SwitchboardError, raw: bytes) -> InvokeResult:
         """The answer to a request refused before it ran, logged like every answer."""

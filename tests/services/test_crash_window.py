@@ -1,11 +1,13 @@
 """A gateway killed (SIGKILL) right after it answered: the retry of that invocation is a replay
-of the stored reply, with no second provider call, and the call stays metered."""
+of the stored reply, with no second provider call, the call stays metered, and its audit row
+is written."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
 
+import asyncpg
 import pytest
 
 from services.budget import limits
@@ -46,7 +48,7 @@ async def procs(stack, tmp_path):
 
 
 async def test_a_gateway_killed_after_replying_never_calls_the_provider_again(stack, procs, redis):
-    await procs("router", "budget")
+    await procs("router", "budget", "recorder")
     gateway = (await procs("gateway"))["gateway"]
     client = await stack.client()
 
@@ -71,3 +73,18 @@ async def test_a_gateway_killed_after_replying_never_calls_the_provider_again(st
         return (balance.used, balance.reserved) == (used, 0)
 
     await wait_for(metered, message=f"the session ledger to hold {used} tokens, none reserved")
+    rows = await wait_for(lambda: invocation_events(stack, "kill-1"), message="the audit trail")
+    assert [(r["kind"], r["status"]) for r in rows] == [("invocation", "success")]
+
+
+async def invocation_events(stack, invocation_id: str) -> list:
+    conn = await asyncpg.connect(stack.infra.database_url)
+    try:
+        return await conn.fetch(
+            "select kind, body->>'status' as status from events"
+            " where env = $1 and invocation_id = $2 and kind = 'invocation'",
+            stack.env,
+            invocation_id,
+        )
+    finally:
+        await conn.close()

@@ -67,12 +67,6 @@ class GatewayService(Service):
             raise errors.UnknownWorkflow(f"no workflow named {req.workflow!r} in policy {active.version}")
         in_flight_ttl = sum(t.timeout_ms for t in workflow.tiers) / 1000 + 30
         req, refusal = identity.admit(req, msg.subject, active.policy)
-        if refusal is not None:  # refused before any work, answered and recorded
-            run = Invocation(self, req, active, workflow, started)
-            result = run.failed(refusal)
-            await self.bus.reply(msg, result)
-            run.record(result)
-            return
         try:
             digest = await self.idempotency.begin(req, in_flight_ttl)
         except Replay as replay:  # a retry of a finished invocation: its first reply, nothing else
@@ -87,6 +81,14 @@ class GatewayService(Service):
         # A duplicate in flight or a conflicting request raises here: it reserved nothing and
         # took no tier, and the invocation that owns the id is left alone.
         run = Invocation(self, req, active, workflow, started)
+        if refusal is not None:
+            # Refused by identity or agent policy, after the id was claimed: a refusal is never
+            # recorded under the id of another caller's invocation.
+            await self.idempotency.forget(req.invocation_id)
+            result = run.failed(refusal)
+            await self.bus.reply(msg, result)
+            run.record(result)
+            return
         try:
             result = await run.execute()
         except errors.SwitchboardError as exc:

@@ -9,6 +9,7 @@ import pytest
 
 from shared import keys
 from shared.contracts import BudgetScope, Status
+from tests.support.audit import invocation_rows
 from tests.support.stack import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -105,3 +106,24 @@ async def test_an_agent_spend_ceiling_refuses_before_the_call(stack):
     assert breach["scope"] == BudgetScope.AGENT_SPEND.value
     assert result.error.message.startswith("agent carol daily spend ceiling of $0.0001")
     assert (await stack.sim.control.stats())["total"] == 0
+
+
+async def test_a_refused_agent_cannot_overwrite_the_audit_row_of_another_agents_invocation(agents_stack):
+    bob = await agents_stack.client(agent="bob")
+    alice = await agents_stack.client(agent="alice")
+    served = await bob.invoke("research-summary", "bob's question", invocation_id="bobs-1")
+    assert served.status in (Status.SUCCESS, Status.FALLBACK)
+    await wait_for(lambda: invocation_rows(agents_stack, "bobs-1"), message="bob's audit row")
+
+    # alice may not invoke research-summary; she reuses bob's invocation id
+    refused = await alice.invoke("research-summary", "bob's question", invocation_id="bobs-1")
+    assert refused.status is Status.ERROR
+    assert refused.error.code == "idempotency_conflict"
+    # a later invocation of bob's is recorded after anything alice's request could have emitted
+    marker = await bob.invoke("research-summary", "marker", invocation_id="bobs-2")
+    await wait_for(lambda: invocation_rows(agents_stack, marker.invocation_id), message="the marker's row")
+
+    [row] = await invocation_rows(agents_stack, "bobs-1")
+    assert (row["agent"], row["status"], row["error_code"]) == ("bob", served.status.value, None)
+    assert row["prompt_tokens"] == served.usage.prompt_tokens
+    assert (await agents_stack.sim.control.stats())["total"] == 2

@@ -19,3 +19,14 @@ async def recorded_events(stack, kind: str, invocation_id: str) -> list[dict]:
     finally:
         await conn.close()
     return [orjson.loads(r["body"]) for r in rows]
+
+
+async def invocation_rows(stack, invocation_id: str) -> list[asyncpg.Record]:
+    """The audit log's invocation rows for an id (one per answered invocation; empty until then)."""
+    conn = await asyncpg.connect(stack.infra.database_url)
+    try:
+        return await conn.fetch(
+            "select * from invocations where env = $1 and invocation_id = $2", stack.env, invocation_id
+        )
+    finally:
+        await conn.close()

@@ -17,6 +17,7 @@ from services.recorder.service import RecorderSettings
 from services.router.service import RouterSettings
 from shared.policy import load_dir_or_raise
 from shared.settings import Settings
+from tests.support.servers import nats_server_binary
 from tests.support.stack import REPO
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
@@ -212,7 +213,6 @@ def test_authentication_is_on_and_ports_are_on_loopback():
 
 
 def test_dev_secrets_make_a_valid_nats_server_configuration(tmp_path):
-    import shutil
     import subprocess
     import sys
 
@@ -228,7 +228,7 @@ def test_dev_secrets_make_a_valid_nats_server_configuration(tmp_path):
     )
     assert len((tmp_path / "postgres" / "password").read_text().strip()) >= 24
     check = subprocess.run(
-        [shutil.which("nats-server") or "nats-server", "-t", "-c", str(tmp_path / "nats" / "server.conf")],
+        [nats_server_binary(), "-t", "-c", str(tmp_path / "nats" / "server.conf")],
         capture_output=True,
         text=True,
     )

@@ -4,14 +4,13 @@ deploy/nats/generate.py, JetStream in a temporary folder; never the machine's sh
 from __future__ import annotations
 
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pytest
+from tests.support.servers import nats_server_binary
 
 REPO = Path(__file__).resolve().parents[2]
 GENERATE = REPO / "deploy" / "nats" / "generate.py"
@@ -51,9 +50,7 @@ class AuthNats:
         return f'listen: "127.0.0.1:{self.port}"\njetstream {{ store_dir: "{store}" }}\ninclude "auth.conf"\n'
 
     def start(self) -> AuthNats:
-        binary = shutil.which("nats-server")
-        if binary is None:
-            pytest.fail("nats-server is not installed (deploy/local/infra.sh installs it)", pytrace=False)
+        binary = nats_server_binary()
         command = [sys.executable, str(GENERATE), "--env", self.env, "--create"]
         command += ["--credentials-dir", str(self.credentials)]
         command += [a for name in self.agents for a in ("--agent", name)]

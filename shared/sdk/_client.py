@@ -79,6 +79,7 @@ class Client:
         self._tasks: set[asyncio.Task] = set()
         self._connector: asyncio.Task | None = None
         self._uploading = asyncio.Lock()
+        self._connecting = asyncio.Lock()
         self._unsent = bool(self._journal.pending())  # records from an earlier run count too
 
     # --- connection -------------------------------------------------------------------
@@ -88,7 +89,12 @@ class Client:
         return self._nc is not None and self._nc.is_connected
 
     async def connect(self) -> Client:
-        """Connect now; raise `ControlPlaneUnavailable` if NATS does not answer in time."""
+        """Connect now; raise `ControlPlaneUnavailable` if NATS does not answer in time.
+        Concurrent first calls (a `gather`, the blocking client's threads) share one connection."""
+        async with self._connecting:
+            return await self._connect()
+
+    async def _connect(self) -> Client:
         if self._nc is None or self._nc.is_closed:
             try:
                 # Unlimited reconnects once connected; a bounded wait for the first connection

@@ -11,6 +11,8 @@ import pytest
 from shared.contracts import Status
 from shared.errors import ControlPlaneUnavailable
 from shared.sdk import Client, SyncClient
+from tests.support.servers import NatsServer
+from tests.support.stack import wait_for
 
 
 async def test_the_blocking_client_invokes_from_a_thread_without_a_loop(running):
@@ -47,3 +49,30 @@ async def test_sbctl_with_nats_unreachable_fails_with_a_code_instead_of_hanging(
 
     assert code == 1
     assert orjson.loads(out)["error"]["code"] == "unavailable"
+
+
+def _established_to(port: int) -> int:
+    """Open TCP connections to a local port, as the kernel lists them (client sides only)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if int(fields[2].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                    count += 1
+    return count
+
+
+async def test_concurrent_first_invocations_share_one_connection(tmp_path):
+    nats_server = await NatsServer(tmp_path).start()
+    try:
+        sb = Client(nats_server.url, env="dev", state_dir=tmp_path / "sdk")  # never connected yet
+        results = await asyncio.gather(
+            *(sb.invoke("support-triage", "hello", timeout=2) for _ in range(10)), return_exceptions=True
+        )
+        assert all(isinstance(r, ControlPlaneUnavailable) for r in results), results  # no gateway
+        assert _established_to(nats_server.port) == 1
+        await sb.close()
+        await wait_for(lambda: _established_to(nats_server.port) == 0, message="the connection closed")
+    finally:
+        await nats_server.stop()

@@ -96,7 +96,8 @@ async def test_passthrough_calls_the_provider_while_nats_is_down_and_uploads_onc
         started = time.monotonic()
         with pytest.raises(ControlPlaneUnavailable) as caught:
             await sb.invoke(FAIL_CLOSED, "must not pass", session_id="s-fc")
-        assert time.monotonic() - started < 0.5  # at once, not after a timeout
+        # at once: not after the 5 s connect timeout (the services share this loop: leave them room)
+        assert time.monotonic() - started < 2.0
         assert caught.value.code == "control_plane_unavailable"
         assert caught.value.details == [{"workflow": FAIL_CLOSED, "degradation": "fail_closed"}]
         assert await _provider_calls(plane) == before + 3

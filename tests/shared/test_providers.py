@@ -190,8 +190,10 @@ async def test_failures_are_classified_and_never_show_the_key(pool, simulator, n
     outcome, status_code, fallback = FAULTS[fault]
     await simulator.control.add_fault(fault, provider=name, count=1, retry_after_s=3)
 
+    # Only a hang waits for the timeout; every other fault must be classified as itself however
+    # slowly a loaded machine answers.
     with pytest.raises(ProviderCallError) as caught:
-        await call(pool.get(name), timeout_s=0.3)
+        await call(pool.get(name), timeout_s=0.3 if fault == "hang" else 10.0)
 
     err = caught.value
     assert (err.outcome, err.status_code, err.fallback) == (outcome, status_code, fallback)

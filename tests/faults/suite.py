@@ -392,7 +392,8 @@ async def audit(world: World, results: list[PhaseResult]) -> None:
 
         async def rows() -> int:
             return await conn.fetchval(
-                "select count(*) from invocations where env = $1 and invocation_id = any($2::text[])",
+                "select count(distinct invocation_id) from invocations"
+                " where env = $1 and invocation_id = any($2::text[])",
                 ENV,
                 answered,
             )
@@ -409,7 +410,8 @@ async def audit(world: World, results: list[PhaseResult]) -> None:
         for result in results:
             ids = [c.invocation_id for c in result.calls]
             result.audit_rows = await conn.fetchval(
-                "select count(*) from invocations where env = $1 and invocation_id = any($2::text[])",
+                "select count(distinct invocation_id) from invocations"
+                " where env = $1 and invocation_id = any($2::text[])",
                 ENV,
                 ids,
             )

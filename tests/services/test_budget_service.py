@@ -97,12 +97,17 @@ async def test_a_breach_never_reaches_the_provider_and_is_recorded(running, scop
     assert {k: event[k] for k in breach} == breach
 
 
-async def test_concurrent_invocations_on_one_session_never_pass_its_budget(running, nc):
+async def test_concurrent_invocations_on_one_session_never_pass_its_budget(stack, nc):
+    # 50 reservations at once on a loaded two-core machine: an answer past the gateway's default
+    # 1 s control timeout would be budget_unavailable, not what this test is about
+    slow_ok = {"control_timeout_s": 15.0}
+    running = await stack.start(gateway=slow_ok)
     worst = 8 + 100  # estimate + max_tokens: what each invocation reserves
     await set_budget(running, session={"tokens": 10 * worst, "window_s": 3600})
     async with contextlib.AsyncExitStack() as replicas:  # a second gateway and budget replica
         for service_cls, name in ((BudgetService, "budget"), (GatewayService, "gateway")):
-            service = await service_cls(running.settings(name)).start()
+            settings = running.settings(name, **(slow_ok if name == "gateway" else {}))
+            service = await service_cls(settings).start()
             replicas.push_async_callback(service.shutdown)
         await running.sim.control.set_latency(1500)  # every reserve comes before any settle
         client = await running.client()

@@ -86,8 +86,9 @@ class GatewayService(Service):
             # recorded under the id of another caller's invocation.
             await self.idempotency.forget(req.invocation_id)
             result = run.failed(refusal)
-            await self.bus.reply(msg, result)
             run.record(result)
+            await asyncio.sleep(0)  # the events enter the connection's buffer ahead of the reply
+            await self.bus.reply(msg, result)
             return
         try:
             result = await run.execute()

@@ -14,7 +14,7 @@ import pytest
 
 from shared.contracts import Status
 from tests.support.helpers import sample
-from tests.support.natsserver import OwnNats
+from tests.support.servers import NatsServer
 from tests.support.stack import Stack, copy_policy, new_env, wait_for
 
 # Longer than the 30 s the bus used to retry before dropping an event; CI may shorten it.
@@ -29,7 +29,7 @@ def answered() -> float:
 
 @pytest.fixture
 async def own(tmp_path):
-    server = await OwnNats(tmp_path / "js").start()
+    server = await NatsServer(tmp_path).start()
     yield server
     await server.stop()
 
@@ -38,7 +38,8 @@ async def own(tmp_path):
 async def stack_on_own_nats(infra, simulator, tmp_path, own):
     s = Stack(dataclasses.replace(infra, nats_url=own.url), new_env(), copy_policy(tmp_path), simulator)
     yield s
-    await own.start() if own.proc.returncode is not None else None
+    if own.proc is None:  # cleanup needs the test's NATS up
+        await own.start()
     await s.close()
 
 

@@ -26,7 +26,7 @@ def sdk_state_dir(tmp_path_factory):
 
 
 # Agents the tests run as (SDK clients with `agent=`); each gets a NATS user in the authenticated run.
-TEST_AGENTS = ["alice", "bob", "sync-agent", "triage-bot", "demo-agent", "bench"]
+TEST_AGENTS = ["alice", "bob", "carol", "sync-agent", "triage-bot", "demo-agent", "bench"]
 
 
 @pytest.fixture(scope="session")

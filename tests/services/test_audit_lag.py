@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(60)
 async def test_lag_counts_unrecorded_events_and_their_age_until_the_recorder_catches_up(stack):
     await stack.start("recorder")
     await stack.stop("recorder")  # its durable consumer stays; nothing reads it now
-    nc = await nats.connect(stack.infra.nats_url)
+    nc = await nats.connect(stack.infra.nats_url, **stack.infra.nats_options)
     try:
         js = nc.jetstream()
         assert await audit_lag(js, stack.env) == (0, 0.0)

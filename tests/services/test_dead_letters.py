@@ -63,7 +63,7 @@ async def test_a_poison_event_is_dead_lettered_and_the_events_after_it_are_writt
     unreadable = sample("switchboard_events_dead_lettered_total", reason="unreadable")
     client = await running.client()
     before = await client.invoke("support-triage", "before the poison")
-    nc = await nats.connect(running.infra.nats_url)
+    nc = await nats.connect(running.infra.nats_url, **running.infra.nats_options)
     try:
         js = nc.jetstream()
         poison = poison_event(running.env)

@@ -127,7 +127,7 @@ def check_reply(subject: str, body: bytes, data: bytes) -> None:
 @pytest.mark.timeout(300)
 async def test_fuzzed_bodies_on_every_subject_are_answered_and_break_nothing(stack):
     await stack.start()
-    nc = await nats.connect(stack.infra.nats_url)
+    nc = await nats.connect(stack.infra.nats_url, **stack.infra.nats_options)
     failures_before = {s: sample("switchboard_handler_errors_total", service=s) for s in stack.services}
     try:
         for target, (subject_of, _, valid, replies) in SUBJECTS.items():

@@ -20,8 +20,10 @@ insert into dead_letters (env, subject, event_id, kind, reason, raw)
 values ($1, $2, $3, $4, $5, $6)
 """
 
-# PostgreSQL or the way to it is down, full or shutting down: wait and retry, never dead-letter.
+# PostgreSQL or the way to it is down, full or shutting down, or the write lost a race with
+# another transaction (deadlock, serialization failure): wait and retry, never dead-letter.
 UNAVAILABLE = (
+    asyncpg.exceptions.TransactionRollbackError,
     OSError,
     asyncio.TimeoutError,
     asyncpg.InterfaceError,

@@ -11,6 +11,7 @@ import asyncpg
 import nats
 import orjson
 
+from services.recorder import deadletter
 from shared import names
 from shared.contracts import Status
 from tests.support.fallback import sbctl_json
@@ -98,3 +99,32 @@ async def test_a_poison_event_is_dead_lettered_and_the_events_after_it_are_writt
 async def _two(rows_coro):
     rows = await rows_coro
     return rows if len(rows) == 2 else None
+
+
+async def test_a_write_that_lost_a_race_is_retried_not_dead_lettered(infra):
+    """A serialization failure (like a deadlock) is PostgreSQL asking for a retry: the event in
+    that write is fine and must never become a dead letter."""
+    table = f"race_{uuid.uuid4().hex[:8]}"
+    a, b = await asyncpg.connect(infra.database_url), await asyncpg.connect(infra.database_url)
+    try:
+        await a.execute(f"create table {table} (k int primary key, v int); insert into {table} values (1, 0)")
+        ta, tb = a.transaction(isolation="serializable"), b.transaction(isolation="serializable")
+        await ta.start()
+        await tb.start()
+        await a.fetchval(f"select v from {table} where k = 1")
+        await b.fetchval(f"select v from {table} where k = 1")
+        await a.execute(f"update {table} set v = 1 where k = 1")
+        await ta.commit()
+        try:
+            await b.execute(f"update {table} set v = 2 where k = 1")
+        except asyncpg.PostgresError as exc:
+            lost = exc
+        await tb.rollback()
+    finally:
+        await a.execute(f"drop table if exists {table}")
+        await a.close()
+        await b.close()
+
+    assert isinstance(lost, asyncpg.exceptions.SerializationError)
+    assert deadletter.unavailable(lost)
+    assert deadletter.unavailable(asyncpg.exceptions.DeadlockDetectedError("deadlock detected"))

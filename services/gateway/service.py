@@ -106,14 +106,15 @@ class GatewayService(Service):
             await run.settle()  # nothing was used: release the reservation now, not at its expiry
             await self.idempotency.forget(req.invocation_id)
             raise
-        # Stored, settled and recorded before it is sent: the reply is published after the
-        # settle and the events on the same connection, so a gateway killed once the agent has
-        # its answer leaves a stored reply, a settle and an audit trail already on their way.
+        # Settled, recorded and stored before it is sent. The settle and the event publishes
+        # enter the connection's buffer first and are flushed while the reply is being stored,
+        # so a gateway killed once the reply is stored (whether or not it went out) has sent
+        # its settle and audit trail, and a retry is answered from the stored reply.
         data = codec.encode(result)
-        await self.idempotency.finish(req.invocation_id, digest, data)
         await run.settle(result.usage, result.model)
         run.record(result)
-        await asyncio.sleep(0)  # the event publishes enter the connection's buffer first
+        await asyncio.sleep(0)  # the event publishes enter the connection's buffer
+        await self.idempotency.finish(req.invocation_id, digest, data)
         await self.bus.reply_raw(msg, data)
 
     def _error_reply(self, exc: errors.SwitchboardError, raw: bytes) -> InvokeResult:

@@ -315,11 +315,9 @@ class Stack:
             str(self.policy_dir),
             "--env",
             self.env_name,
-            "--by",
-            "bench",
             "--json",
             cwd=REPO,
-            env=self.base_env,
+            env={**self.base_env, "SB_OPERATOR": "bench"},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )

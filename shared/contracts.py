@@ -351,6 +351,7 @@ class EventKind(StrEnum):
     CONFIG = "config"  # a policy version was applied
     PROVIDER_BLOCK = "provider_block"  # an operator blocked or unblocked a provider
     PASSTHROUGH = "passthrough"  # an agent called a provider directly while the plane was unreachable
+    LEVER = "lever"  # an operator pulled a lever through sbctl (a stop switch, ...)
 
 
 class Event(Open):
@@ -510,6 +511,19 @@ class ProviderBlockEvent(Event):
     by: str | None = None
 
 
+class LeverEvent(Event):
+    """Who pulled which lever, on what, and why; `by_source` says how the operator is known."""
+
+    kind: Literal[EventKind.LEVER] = EventKind.LEVER
+    config_version: str = ""  # levers act beside the policy, not under a version of it
+    lever: str  # e.g. workflow.pause, agent.resume
+    target: str
+    reason: str = ""
+    by: str
+    by_source: str  # configured | os | verified
+    changed: bool | None = None  # False when the switch was already in that position
+
+
 AnyEvent = Annotated[
     InvocationEvent
     | AttemptEvent
@@ -520,7 +534,8 @@ AnyEvent = Annotated[
     | BudgetUnavailableEvent
     | ConfigEvent
     | ProviderBlockEvent
-    | PassthroughEvent,
+    | PassthroughEvent
+    | LeverEvent,
     Field(discriminator="kind"),
 ]
 
@@ -641,3 +656,21 @@ class Event(Open):
     service: str
     invocation_id: str | None = None
     trace_id: str | None = None
+
+
+# --- stop switches (KV sb_<env>_switches, key "pauses") ------------------------------------
+
+
+class Pause(Open):
+    """One stop switch that is on: why, who pulled it, when (epoch seconds)."""
+
+    reason: str
+    by: str
+    at: float
+
+
+class Pauses(Open):
+    """Every paused workflow and agent of an environment, as one compare-and-set document."""
+
+    workflows: dict[str, Pause] = Field(default_factory=dict)
+    agents: dict[str, Pause] = Field(default_factory=dict)

@@ -101,6 +101,21 @@ class PolicyError(SwitchboardError):
     code = "invalid_policy"
 
 
+class Paused(SwitchboardError):
+    """An operator stopped new invocations (a stop switch); retry after it is resumed."""
+
+    code = "paused"
+    retryable = True
+
+
+class WorkflowPaused(Paused):
+    code = "workflow_paused"
+
+
+class AgentPaused(Paused):
+    code = "agent_paused"
+
+
 class Timeout(SwitchboardError):
     code = "timeout"
     retryable = True

@@ -129,3 +129,11 @@ def service_api(verb: str, service: str | None = None, service_id: str | None = 
     """The NATS service API's subjects (not env-scoped: answers carry `env` in their metadata):
     `$SRV.<verb>` asks every service, then narrower by name and by replica id."""
     return ".".join(["$SRV", verb, *(part for part in (service, service_id) if part)])
+
+
+SWITCHES_KEY = "pauses"
+
+
+def switches_bucket(env: str) -> str:
+    """The KV bucket of an environment's stop switches (paused workflows and agents)."""
+    return f"sb_{env}_switches".replace("-", "_")

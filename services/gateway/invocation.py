@@ -137,6 +137,10 @@ class Invocation:
     def failed(self, exc: errors.SwitchboardError) -> InvokeResult:
         return self._result(Status.ERROR, error=errors.to_wire(exc))
 
+    def rejected(self, exc: errors.SwitchboardError) -> InvokeResult:
+        """Refused before it started (a stop switch): nothing reserved, no provider called."""
+        return self._result(Status.REJECTED, error=errors.to_wire(exc))
+
     def _refused(self, reservation: Reservation) -> InvokeResult:
         breach = reservation.breach
         return self._result(

@@ -13,6 +13,7 @@ import orjson
 from nats.aio.msg import Msg
 
 from services.gateway import access_log, identity
+from services.gateway.admission import admit
 from services.gateway.idempotency import Idempotency, Replay
 from services.gateway.invocation import Invocation
 from services.gateway.outcomes import OutcomeReporter
@@ -22,6 +23,7 @@ from shared.contracts import InvokeRequest, InvokeResult, Status
 from shared.providers import ProviderPool
 from shared.service import Service
 from shared.settings import Settings
+from shared.switches import SwitchWatch
 from shared.telemetry import tracing
 
 log = logging.getLogger("switchboard.gateway")
@@ -44,6 +46,9 @@ class GatewayService(Service):
         if self.config.loaded:
             self.providers.update(self.config.active.policy)
         self.config.on_change(lambda active: self.providers.update(active.policy))
+        self.switches = SwitchWatch(self.bus.js, self.settings.env)
+        await self.switches.start()
+        stack.push_async_callback(self.switches.stop)
         self.idempotency = Idempotency(self.redis, self.settings.env)
         self.settler = Settler(self.bus, self.settings.env)
         await self.settler.start()
@@ -67,6 +72,14 @@ class GatewayService(Service):
             raise errors.UnknownWorkflow(f"no workflow named {req.workflow!r} in policy {active.version}")
         in_flight_ttl = sum(t.timeout_ms for t in workflow.tiers) / 1000 + 30
         req, refusal = identity.admit(req, msg.subject, active.policy)
+        try:
+            admit(self.switches.current, req)
+        except errors.Paused as exc:  # an operator's stop switch: refused before anything is claimed
+            run = Invocation(self, req, active, workflow, started)
+            result = run.rejected(exc)
+            await self.bus.reply(msg, result)
+            run.record(result)
+            return
         try:
             digest = await self.idempotency.begin(req, in_flight_ttl)
         except Replay as replay:  # a retry of a finished invocation: its first reply, nothing else

@@ -6,13 +6,13 @@ Asks the budget service over NATS; the CLI never reads the budget's Redis keys i
 from __future__ import annotations
 
 from shared import errors, names
-from shared.bus import Bus
 from shared.contracts import BudgetShowReply, BudgetShowRequest, LedgerUsage
+from shared.sbctl.context import connect
 from shared.sbctl.output import emit_json, fail
 
 
 async def show(args, settings) -> int:
-    bus = await Bus.connect(settings.nats_url, env=args.env, service="sbctl")
+    bus = await connect(settings)
     try:
         reply = await bus.request(
             names.budget_show(args.env),

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import inspect
+import logging
 import os
 import sys
+from importlib import metadata
 
 from shared import errors, names
 from shared.sbctl import (
@@ -18,33 +20,53 @@ from shared.sbctl import (
     provider_cmds,
     stats_cmds,
     status_cmds,
+    switch_cmds,
 )
+from shared.sbctl.context import EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE, SbctlSettings
 from shared.sbctl.output import fail
-from shared.settings import Settings
 from shared.telemetry.tracing import setup_tracing
 
+EPILOG = """exit codes: 0 ok; 1 a check failed or the request was refused; 2 usage error;
+3 NATS, PostgreSQL or a service unreachable. --env, --json and --nats-url may be given
+anywhere on the line. The operator is $SB_OPERATOR (else the login user@host)."""
 
-def _common(p: argparse.ArgumentParser) -> None:
+
+def _common(p: argparse.ArgumentParser, *, root: bool = False) -> None:
+    """The options every command takes, accepted anywhere on the line: the root parser holds the
+    defaults, each subcommand repeats them without one so that it does not undo an earlier value."""
+    default = (lambda value: value) if root else (lambda _: argparse.SUPPRESS)
     p.add_argument(
-        "--env", default=os.environ.get("SB_ENV", "dev"), help="environment (default: $SB_ENV or dev)"
+        "--env",
+        default=default(os.environ.get("SB_ENV", "dev")),
+        help="environment (default: $SB_ENV or dev)",
     )
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--json", action="store_true", default=default(False), help="machine-readable output")
+    p.add_argument(
+        "--nats-url",
+        default=default(None),
+        help="NATS server (default: $SB_NATS_URL or nats://127.0.0.1:4222)",
+    )
+
+
+def _group(sub, name: str, help: str):
+    p = sub.add_parser(name, help=help)
+    _common(p)
+    return p.add_subparsers(dest="cmd", required=True)
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="sbctl", description="Operate Switchboard.")
+    root = argparse.ArgumentParser(prog="sbctl", description="Operate Switchboard.", epilog=EPILOG)
+    root.add_argument("--version", action="version", version=f"sbctl {_version()}")
+    _common(root, root=True)
     sub = root.add_subparsers(dest="group", required=True)
 
-    config = sub.add_parser("config", help="policy files and live versions").add_subparsers(
-        dest="cmd", required=True
-    )
+    config = _group(sub, "config", "policy files and live versions")
     p = config.add_parser("validate", help="check policy files; every error names its file and path")
     p.add_argument("dir", nargs="?", default="config")
     _common(p)
     p.set_defaults(func=config_cmds.validate)
     p = config.add_parser("apply", help="publish the files as the next live version")
     p.add_argument("dir", nargs="?", default="config")
-    p.add_argument("--by", help="who applies it (default: user@host)")
     p.add_argument("--force", action="store_true", help="apply even if identical to the active version")
     _common(p)
     p.set_defaults(func=config_cmds.apply)
@@ -62,9 +84,7 @@ def parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=invoke_cmds.invoke)
 
-    provider = sub.add_parser("provider", help="provider health and the block lever").add_subparsers(
-        dest="cmd", required=True
-    )
+    provider = _group(sub, "provider", "provider health and the block lever")
     p = provider.add_parser("status", help="blocks, circuits, cooldowns and quota use per provider/model")
     p.add_argument("--provider")
     _common(p)
@@ -83,9 +103,7 @@ def parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=provider_cmds.quotas)
 
-    drill = sub.add_parser("drill", help="exercise failure paths for real").add_subparsers(
-        dest="cmd", required=True
-    )
+    drill = _group(sub, "drill", "exercise failure paths for real")
     p = drill.add_parser("provider-outage", help="block a provider, drive its workflows, judge the fallback")
     p.add_argument("--provider", required=True)
     p.add_argument("--invocations", type=int, default=20, help="per workflow")
@@ -130,16 +148,40 @@ def parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=audit_cmds.dead_letters)
 
-    budget = sub.add_parser("budget", help="budget ceilings and usage").add_subparsers(
-        dest="cmd", required=True
-    )
+    budget = _group(sub, "budget", "budget ceilings and usage")
     p = budget.add_parser("show", help="ceilings, window usage, reservations in flight, spend today")
     p.add_argument("--workflow", required=True)
     p.add_argument("--session", help="also the session's rolling window")
     p.add_argument("--timeout", type=float, default=5.0)
     _common(p)
     p.set_defaults(func=budget_cmds.show)
+
+    for scope, what in (
+        ("workflow", "every invocation of a workflow"),
+        ("agent", "every invocation from an agent"),
+    ):
+        group = _group(sub, scope, f"the stop switch for {what}")
+        p = group.add_parser("pause", help=f"refuse {what} on every replica within a second")
+        p.add_argument("name")
+        p.add_argument("--reason", required=True)
+        _common(p)
+        p.set_defaults(func=switch_cmds.pause)
+        p = group.add_parser("resume", help="take new invocations again")
+        p.add_argument("name")
+        p.add_argument("--reason", default="")
+        _common(p)
+        p.set_defaults(func=switch_cmds.resume)
+        p = group.add_parser("status", help="which workflows and agents are paused, by whom and why")
+        _common(p)
+        p.set_defaults(func=switch_cmds.status)
     return root
+
+
+def _version() -> str:
+    try:
+        return metadata.version("switchboard")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -148,12 +190,17 @@ def main(argv: list[str] | None = None) -> None:
         names.check_env(args.env)
     except ValueError as exc:
         sys.stderr.write(f"error [invalid_env]: {exc}\n")
-        raise SystemExit(2) from None
-    settings = Settings(env=args.env)
+        raise SystemExit(EXIT_USAGE) from None
+    # Connection retries and the like are the library's business; the operator gets one line.
+    logging.getLogger("switchboard").setLevel(logging.ERROR)
+    overrides = {"env": args.env} | ({"nats_url": args.nats_url} if args.nats_url else {})
+    settings = SbctlSettings(**overrides)
     setup_tracing("sbctl", args.env)  # the SDK's span of `sbctl invoke` starts the trace
     func = args.func
     try:
         code = asyncio.run(func(args, settings)) if inspect.iscoroutinefunction(func) else func(args)
-    except errors.SwitchboardError as exc:  # e.g. NATS unreachable: a coded error, not a traceback
-        fail(exc.message, code=exc.code, as_json=args.json)
+    except errors.Unavailable as exc:  # NATS or PostgreSQL unreachable: a coded error, not a traceback
+        fail(exc.message, code=exc.code, as_json=args.json, exit_code=EXIT_UNAVAILABLE)
+    except errors.SwitchboardError as exc:
+        fail(exc.message, code=exc.code, as_json=args.json, exit_code=EXIT_FAILED)
     raise SystemExit(code)

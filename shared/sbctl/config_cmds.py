@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import getpass
 import os
-import socket
 
-from shared.bus import Bus
 from shared.contracts import ConfigEvent
 from shared.live_config import ConfigStore
 from shared.policy import load_dir
+from shared.sbctl.context import connect, operator
 from shared.sbctl.output import emit_json, fail
 
 
@@ -50,7 +48,7 @@ async def apply(args, settings) -> int:
             as_json=args.json,
         )
     source = os.path.abspath(args.dir)  # noqa: ASYNC240 - a path string, no I/O
-    bus = await Bus.connect(settings.nats_url, env=args.env, service="sbctl")
+    bus = await connect(settings)
     try:
         store = ConfigStore(bus.js, args.env)
         current = await store.current()
@@ -66,8 +64,7 @@ async def apply(args, settings) -> int:
             else:
                 print(f"unchanged: version {current.version} is identical")
             return 0
-        applied_by = args.by or f"{getpass.getuser()}@{socket.gethostname()}"
-        doc = await store.apply(result.policy, applied_by=applied_by, source=source)
+        doc = await store.apply(result.policy, applied_by=operator(settings).name, source=source)
         await bus.ensure_events_stream()
         await bus.emit(
             ConfigEvent(
@@ -101,7 +98,7 @@ async def apply(args, settings) -> int:
 
 
 async def show(args, settings) -> int:
-    bus = await Bus.connect(settings.nats_url, env=args.env, service="sbctl")
+    bus = await connect(settings)
     try:
         current = await ConfigStore(bus.js, args.env).current()
     finally:

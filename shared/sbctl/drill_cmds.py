@@ -13,6 +13,7 @@ from shared.bus import Bus
 from shared.contracts import EventCountReply, EventCountRequest, Status
 from shared.live_config import ConfigStore
 from shared.policy import Policy, WorkflowSpec
+from shared.sbctl.context import connect
 from shared.sbctl.output import emit_json, fail, table
 from shared.sbctl.provider_cmds import fetch_status, set_block
 from shared.sdk import Client
@@ -72,7 +73,7 @@ async def _recorded_fallbacks(bus: Bus, env: str, ids: list[str], expected: int,
 
 async def provider_outage(args, settings) -> int:
     env, provider = args.env, args.provider
-    bus = await Bus.connect(settings.nats_url, env=env, service="sbctl")
+    bus = await connect(settings)
     try:
         doc = await ConfigStore(bus.js, env).current()
         if doc is None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from shared import errors, names
-from shared.bus import Bus
 from shared.contracts import (
     AttemptEvent,
     BudgetBreachEvent,
@@ -21,6 +20,7 @@ from shared.contracts import (
     TraceReply,
     TraceRequest,
 )
+from shared.sbctl.context import connect
 from shared.sbctl.output import emit_json, fail, table
 from shared.sdk import Client
 
@@ -66,7 +66,7 @@ async def invoke(args, settings) -> int:
 
 
 async def trace(args, settings) -> int:
-    bus = await Bus.connect(settings.nats_url, env=args.env, service="sbctl")
+    bus = await connect(settings)
     try:
         reply = await bus.request(
             names.recorder_trace(args.env),

@@ -3,16 +3,14 @@ the lever to route around one at once."""
 
 from __future__ import annotations
 
-import getpass
-
 from shared import errors, names
-from shared.bus import Bus
 from shared.contracts import BlockReply, BlockRequest, ProviderStatusReply, ProviderStatusRequest
+from shared.sbctl.context import connect, operator
 from shared.sbctl.output import emit_json, fail, table
 
 
 async def _ask(settings, env: str, subject: str, body, reply_model, as_json: bool):
-    bus = await Bus.connect(settings.nats_url, env=env, service="sbctl")
+    bus = await connect(settings)
     try:
         reply = await bus.request(subject, body, reply_model, timeout=5.0)
     except errors.SwitchboardError as exc:
@@ -110,7 +108,7 @@ async def quotas(args, settings) -> int:
 async def set_block(
     settings, env: str, provider: str, blocked: bool, reason: str, as_json: bool
 ) -> BlockReply:
-    body = BlockRequest(provider=provider, blocked=blocked, reason=reason, by=getpass.getuser())
+    body = BlockRequest(provider=provider, blocked=blocked, reason=reason, by=operator(settings).name)
     return await _ask(settings, env, names.router_block(env), body, BlockReply, as_json)
 
 

@@ -1,0 +1,62 @@
+"""What every sbctl command starts from: its settings, who is operating, and a NATS connection
+that gives up quickly when the server cannot be reached."""
+
+from __future__ import annotations
+
+import getpass
+import socket
+from dataclasses import dataclass
+
+from shared.bus import Bus
+from shared.contracts import LeverEvent
+from shared.settings import Settings
+
+# Exit codes, documented in docs/runbook.md.
+EXIT_OK = 0  # done
+EXIT_FAILED = 1  # ran, and the answer is no: a check failed, a replica rejected, a refusal
+EXIT_USAGE = 2  # the command line is wrong
+EXIT_UNAVAILABLE = 3  # NATS, PostgreSQL or a service could not be reached
+
+
+class SbctlSettings(Settings):
+    operator: str | None = None  # SB_OPERATOR: the configured operator name
+    connect_s: float = 3.0  # how long to try reaching NATS before giving up
+
+
+@dataclass(frozen=True)
+class Operator:
+    """Who pulls a lever, and how we know it."""
+
+    name: str
+    source: str  # "configured" (SB_OPERATOR) or "os" (the login user of this machine)
+
+
+def operator(settings: SbctlSettings) -> Operator:
+    """The operator behind this command.
+
+    This is the one place where identity is decided. When operators authenticate (per-operator
+    NATS credentials or an identity provider's token), return the verified subject here with
+    source "verified"; every lever already records what this returns. Never taken from a
+    command-line flag: a free-text flag proves nothing.
+    """
+    if settings.operator:
+        return Operator(settings.operator, "configured")
+    return Operator(f"{getpass.getuser()}@{socket.gethostname()}", "os")
+
+
+async def connect(settings: SbctlSettings) -> Bus:
+    return await Bus.connect(
+        settings.nats_url, env=settings.env, service="sbctl", first_connect_s=settings.connect_s
+    )
+
+
+async def record_lever(
+    bus: Bus, who: Operator, lever: str, target: str, reason: str, changed: bool | None = None
+) -> None:
+    """Put an operator's action in the audit log (event kind `lever`)."""
+    await bus.ensure_events_stream()
+    await bus.emit(
+        LeverEvent(
+            lever=lever, target=target, reason=reason, by=who.name, by_source=who.source, changed=changed
+        )
+    )

@@ -313,6 +313,8 @@ class Stack:
             "config",
             "apply",
             str(self.policy_dir),
+            "--reason",
+            "benchmark",
             "--env",
             self.env_name,
             "--json",

@@ -498,9 +498,13 @@ class ConfigEvent(Event):
     version: int
     applied_at: float
     applied_by: str | None = None
+    by_source: str | None = None  # how the operator is known: configured | os | verified
+    change: str | None = None  # apply | rollback | promote
+    reason: str | None = None
+    forced: bool = False  # a protected environment's guard was overridden
     checksum: str
     source: str | None = None
-    policy: dict
+    policy: dict  # as written, variables unexpanded
 
 
 class ProviderBlockEvent(Event):

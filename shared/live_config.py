@@ -1,7 +1,8 @@
 """Live policy: numbered versions in a NATS KV bucket, watched by every service.
 
-`sbctl config apply` writes a version with compare-and-set (so two operators applying at
-once get consecutive numbers, never the same one). Every service holds the active version
+`sbctl config apply` records a version in the PostgreSQL history of record (see
+`shared.sbctl.history`), then writes it here with compare-and-set (so a version is never
+overwritten and numbers never repeat). Every service holds the active version
 in one reference that it swaps atomically; a version that fails to load is reported and the
 last good one stays in force (as an Envoy data plane NACKs a bad xDS update). A service that
 starts before any version exists runs on its local files and reports `files:<checksum>`.
@@ -35,6 +36,8 @@ class VersionDoc(BaseModel):
     applied_by: str = "unknown"
     checksum: str
     source: str = ""
+    action: str = "apply"  # apply | rollback | promote
+    reason: str = ""
     policy: dict
 
 
@@ -76,17 +79,39 @@ class ConfigStore:
     async def current(self) -> VersionDoc | None:
         """The newest readable version (an unreadable newer revision is skipped)."""
         for entry in await self.entries():
-            if (doc := _read(entry.value)) is not None:
+            if (doc := read_version(entry.value)) is not None:
                 return doc
         return None
 
+    async def put(self, doc: VersionDoc) -> None:
+        """Write `doc` as the newest version: refused (`VersionConflict`) if KV already holds
+        this number or a later one."""
+        kv = await self.bucket()
+        data = doc.model_dump_json().encode()
+        for _ in range(20):
+            entries = await self.entries()
+            last_rev = entries[0].revision if entries else None
+            last_version = max((d.version for e in entries if (d := read_version(e.value))), default=0)
+            if last_version >= doc.version:
+                raise VersionConflict(f"KV already holds version {last_version}; not writing {doc.version}")
+            try:
+                if last_rev is None:
+                    await kv.create(names.CONFIG_KEY, data)
+                else:
+                    await kv.update(names.CONFIG_KEY, data, last=last_rev)
+                return
+            except KeyWrongLastSequenceError:
+                continue
+        raise VersionConflict("could not write the version: the policy kept changing underneath")
+
     async def apply(self, policy: Policy, *, applied_by: str, source: str = "") -> VersionDoc:
-        """Write `policy` as the next version (compare-and-set, retried on a race)."""
+        """Write `policy` as the next version straight to KV, without the history of record
+        (tests and tools that own their environment; operators use `sbctl config apply`)."""
         kv = await self.bucket()
         for _ in range(20):
             entries = await self.entries()
             last_rev = entries[0].revision if entries else None
-            last_version = max((d.version for e in entries if (d := _read(e.value))), default=0)
+            last_version = max((d.version for e in entries if (d := read_version(e.value))), default=0)
             doc = VersionDoc(
                 version=last_version + 1,
                 applied_at=time.time(),
@@ -107,7 +132,11 @@ class ConfigStore:
         raise RuntimeError("could not apply: the policy kept changing underneath")
 
 
-def _read(value: bytes | None) -> VersionDoc | None:
+class VersionConflict(RuntimeError):
+    """Another version was written to KV at the same time."""
+
+
+def read_version(value: bytes | None) -> VersionDoc | None:
     try:
         return VersionDoc.model_validate_json(value) if value else None
     except ValueError:
@@ -164,7 +193,7 @@ class LiveConfig:
             if self._load(entry.value):
                 break
         if entries and self._active and self._active.number and entries[0].value:
-            newest = _read(entries[0].value)
+            newest = read_version(entries[0].value)
             if newest is None or newest.version != self._active.number:
                 self.last_error = (
                     f"version at KV revision {entries[0].revision} rejected; running {self._active.version}"

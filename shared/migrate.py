@@ -1,7 +1,8 @@
 """Apply every service's SQL migrations: `python -m shared.migrate`.
 
 Each service owns its tables and keeps plain `.sql` files in `services/<name>/migrations/`,
-named `NNNN_what.sql`. They are applied in order, each once, each in its own transaction,
+named `NNNN_what.sql`; sbctl, which writes the policy history of record, keeps its own in
+`shared/sbctl/migrations/`. They are applied in order, each once, each in its own transaction,
 under an advisory lock so that replicas starting together do not race.
 """
 
@@ -16,13 +17,14 @@ import asyncpg
 from shared.settings import Settings
 
 SERVICES_DIR = Path(__file__).resolve().parent.parent / "services"
+SBCTL_DIR = Path(__file__).resolve().parent / "sbctl"
 LOCK_ID = 0x5B_0001
 
 
 def discover() -> list[tuple[str, Path]]:
     """(owner, file) for every migration, ordered by owner then file name."""
     found = []
-    for folder in sorted(SERVICES_DIR.glob("*/migrations")):
+    for folder in [*sorted(SERVICES_DIR.glob("*/migrations")), SBCTL_DIR / "migrations"]:
         for sql in sorted(folder.glob("*.sql")):
             found.append((folder.parent.name, sql))
     return found

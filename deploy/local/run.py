@@ -322,7 +322,10 @@ def main() -> None:
         log(f"all services ready (env {env['SB_ENV']}); logs in {log_dir}")
         sbctl = [sys.executable, "-m", "shared.sbctl"]
         subprocess.run(
-            [*sbctl, "config", "apply", "config", "--env", env["SB_ENV"]], cwd=REPO, env=env, check=True
+            [*sbctl, "config", "apply", "config", "--reason", "make run", "--env", env["SB_ENV"]],
+            cwd=REPO,
+            env=env,
+            check=True,
         )
         results = asyncio.run(demo(env, args.invocations))
         if args.auth:

@@ -16,6 +16,7 @@ from shared.sbctl import (
     budget_cmds,
     config_cmds,
     drill_cmds,
+    history_cmds,
     invoke_cmds,
     provider_cmds,
     stats_cmds,
@@ -67,12 +68,33 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=config_cmds.validate)
     p = config.add_parser("apply", help="publish the files as the next live version")
     p.add_argument("dir", nargs="?", default="config")
+    p.add_argument("--reason", required=True, help="why: kept in the history of record")
     p.add_argument("--force", action="store_true", help="apply even if identical to the active version")
     _common(p)
     p.set_defaults(func=config_cmds.apply)
     p = config.add_parser("show", help="the active version")
     _common(p)
     p.set_defaults(func=config_cmds.show)
+    p = config.add_parser("history", help="every version: who, when, why (newest first)")
+    p.add_argument("--workflow", help="only the versions that changed this workflow")
+    p.add_argument("--limit", type=int)
+    _common(p)
+    p.set_defaults(func=history_cmds.show_history)
+    p = config.add_parser("at", help="the version that was live at a time, and a workflow's policy then")
+    p.add_argument("time", help="ISO 8601, e.g. 2026-11-24T14:37 (UTC unless a zone is given)")
+    p.add_argument("--workflow")
+    _common(p)
+    p.set_defaults(func=history_cmds.at)
+    p = config.add_parser("diff", help="what changed between two versions, per provider and workflow")
+    p.add_argument("a", type=int)
+    p.add_argument("b", type=int)
+    _common(p)
+    p.set_defaults(func=history_cmds.diff)
+    p = config.add_parser("rollback", help="a new version with the content of an earlier one")
+    p.add_argument("--to", type=int, required=True, help="the version whose content comes back")
+    p.add_argument("--reason", required=True)
+    _common(p)
+    p.set_defaults(func=history_cmds.rollback)
 
     p = sub.add_parser("invoke", help="send one invocation through the gateway")
     p.add_argument("workflow")

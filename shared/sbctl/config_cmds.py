@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import os
 
+import asyncpg
+
+from shared import errors
+from shared.bus import Bus
 from shared.contracts import ConfigEvent
-from shared.live_config import ConfigStore
+from shared.live_config import ConfigStore, VersionConflict, VersionDoc
 from shared.policy import load_dir
+from shared.sbctl import history
 from shared.sbctl.context import connect, operator
 from shared.sbctl.output import emit_json, fail
 
@@ -48,38 +53,31 @@ async def apply(args, settings) -> int:
             as_json=args.json,
         )
     source = os.path.abspath(args.dir)  # noqa: ASYNC240 - a path string, no I/O
-    bus = await connect(settings)
+    who = operator(settings)
+    db = await history.open_db(settings.database_url)
     try:
-        store = ConfigStore(bus.js, args.env)
-        current = await store.current()
-        if current is not None and current.checksum == result.policy.checksum() and not args.force:
-            out = {
-                "ok": True,
-                "applied": False,
-                "version": current.version,
-                "message": "identical to the active version; nothing applied (use --force)",
-            }
-            if args.json:
-                emit_json(out)
-            else:
-                print(f"unchanged: version {current.version} is identical")
-            return 0
-        doc = await store.apply(result.policy, applied_by=operator(settings).name, source=source)
-        await bus.ensure_events_stream()
-        await bus.emit(
-            ConfigEvent(
-                action="applied",
-                version=doc.version,
-                applied_at=doc.applied_at,
-                applied_by=doc.applied_by,
-                checksum=doc.checksum,
-                source=doc.source,
-                policy=doc.policy,
-                config_version=str(doc.version),
-            )
-        )
+        bus = await connect(settings)
+        try:
+            store = ConfigStore(bus.js, args.env)
+            current = await store.current()
+            if current is not None and current.checksum == result.policy.checksum() and not args.force:
+                out = {
+                    "ok": True,
+                    "applied": False,
+                    "version": current.version,
+                    "message": "identical to the active version; nothing applied (use --force)",
+                }
+                if args.json:
+                    emit_json(out)
+                else:
+                    print(f"unchanged: version {current.version} is identical")
+                return 0
+            change = history.Change(result.policy, who, "apply", args.reason, source=source)
+            doc = await distribute(bus, db, store, change)
+        finally:
+            await bus.drain(5)
     finally:
-        await bus.drain(5)
+        await db.close()
     if args.json:
         emit_json(
             {
@@ -95,6 +93,37 @@ async def apply(args, settings) -> int:
             print(f"warning: {w}")
         print(f"applied: version {doc.version} to env {args.env} (checksum {doc.checksum[:12]})")
     return 0
+
+
+async def distribute(bus: Bus, db, store: ConfigStore, change: history.Change) -> VersionDoc:
+    """Record the change in the history of record, then distribute it, then tell the audit log.
+    If the history cannot be written nothing is distributed (`Unavailable`)."""
+    try:
+        doc = await history.publish(db, store, change)
+    except (asyncpg.PostgresError, OSError) as exc:
+        raise errors.Unavailable(
+            f"the policy history could not be written ({type(exc).__name__}); nothing applied"
+        ) from exc
+    except VersionConflict as exc:
+        raise errors.SwitchboardError(f"{exc}; nothing applied, try again") from exc
+    await bus.ensure_events_stream()
+    await bus.emit(
+        ConfigEvent(
+            action="applied",
+            version=doc.version,
+            applied_at=doc.applied_at,
+            applied_by=doc.applied_by,
+            by_source=change.who.source,
+            change=change.action,
+            reason=change.reason,
+            forced=change.forced,
+            checksum=doc.checksum,
+            source=doc.source,
+            policy=doc.policy,
+            config_version=str(doc.version),
+        )
+    )
+    return doc
 
 
 async def show(args, settings) -> int:

@@ -56,7 +56,9 @@ async def test_validate_rejects_a_workflow_without_a_fallback_tier(stack, tmp_pa
 async def test_apply_refuses_a_workflow_without_a_fallback_tier(stack, tmp_path):
     target, _ = edited_copy(stack, tmp_path, single_tier)
 
-    code, out, _ = await run_sbctl(stack.infra, "config", "apply", str(target), "--env", stack.env, "--json")
+    code, out, _ = await run_sbctl(
+        stack.infra, "config", "apply", str(target), "--reason", "test", "--env", stack.env, "--json"
+    )
 
     assert code == 1
     assert json.loads(out) == {

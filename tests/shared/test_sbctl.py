@@ -60,7 +60,9 @@ async def test_validate_broken_json(stack, tmp_path):
 async def test_apply_show_and_unchanged_reapply(stack):
     policy_dir = str(stack.policy_dir)
 
-    code, out, err = await run_sbctl(stack.infra, "config", "apply", policy_dir, "--env", stack.env, "--json")
+    code, out, err = await run_sbctl(
+        stack.infra, "config", "apply", policy_dir, "--reason", "test", "--env", stack.env, "--json"
+    )
     assert code == 0, err
     applied = json.loads(out)
     assert applied["applied"] is True and applied["version"] == 1
@@ -74,7 +76,9 @@ async def test_apply_show_and_unchanged_reapply(stack):
     assert shown["source"] == policy_dir
     assert set(shown["policy"]["workflows"]) == {"support-triage", "research-summary"}
 
-    code, out, err = await run_sbctl(stack.infra, "config", "apply", policy_dir, "--env", stack.env)
+    code, out, err = await run_sbctl(
+        stack.infra, "config", "apply", policy_dir, "--reason", "test", "--env", stack.env
+    )
     assert code == 0, err
     assert "unchanged" in out and "version 1" in out
 
@@ -87,7 +91,9 @@ async def test_apply_show_and_unchanged_reapply(stack):
 async def test_apply_of_broken_files_applies_nothing(stack, tmp_path):
     target, _ = broken_copy(stack, tmp_path)
 
-    code, out, _ = await run_sbctl(stack.infra, "config", "apply", str(target), "--env", stack.env, "--json")
+    code, out, _ = await run_sbctl(
+        stack.infra, "config", "apply", str(target), "--reason", "test", "--env", stack.env, "--json"
+    )
     assert code == 1
     assert json.loads(out)["error"]["code"] == "invalid_policy"
 

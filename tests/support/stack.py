@@ -182,7 +182,7 @@ async def cleanup_env(infra: Infra, env: str) -> None:
     conn = await asyncpg.connect(infra.database_url)
     try:
         await conn.execute("select audit_drop_env($1)", env)
-        for table in ("config_versions", "dead_letters"):
+        for table in ("config_versions", "dead_letters", "policy_history", "policy_envs"):
             await conn.execute(f"delete from {table} where env = $1", env)
     finally:
         await conn.close()

@@ -20,7 +20,7 @@ from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError, NoKey
 from pydantic import BaseModel, ConfigDict
 
 from shared import names
-from shared.policy import Policy, PolicyLoadError, load_dir_or_raise
+from shared.policy import Policy, PolicyLoadError, expand_or_raise, load_dir_or_raise
 from shared.telemetry import metrics
 
 log = logging.getLogger("switchboard.config")
@@ -214,7 +214,7 @@ class LiveConfig:
             return False
         try:
             doc = VersionDoc.model_validate_json(value)
-            policy = Policy.model_validate(doc.policy)
+            policy = Policy.model_validate(expand_or_raise(doc.policy))  # in this replica's environment
         except Exception as exc:
             metrics.CONFIG_REJECTED.labels(self.service).inc()
             self.last_error = f"{type(exc).__name__}: {exc}"

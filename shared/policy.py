@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -60,22 +61,37 @@ class Deployment:
         host = host.lower()
         return any(host == h or (h.startswith("*.") and host.endswith(h[1:])) for h in self.hosts)
 
-    def problems(self, providers: dict[str, ProviderSpec]) -> list[str]:
+    def problems(self, providers: dict) -> list[tuple[str, str]]:
+        """(path, message) for every key variable or host this deployment does not allow; takes
+        validated specs or the raw document's provider mappings (so that load_dir reports these
+        along with every other problem)."""
         out = []
         for pname, provider in providers.items():
-            if provider.api_key_env is not None and provider.api_key_env not in self.key_envs:
+            key_env, base_url = _field(provider, "api_key_env"), _field(provider, "base_url")
+            if isinstance(key_env, str) and key_env not in self.key_envs:
                 out.append(
-                    f"providers.{pname}.api_key_env: {provider.api_key_env!r} is not a provider key "
-                    f"variable this deployment allows (allowed by SB_PROVIDER_KEY_ENVS: "
-                    f"{', '.join(sorted(self.key_envs)) or 'none'})"
+                    (
+                        f"providers.{pname}.api_key_env",
+                        f"{key_env!r} is not a provider key variable this deployment allows "
+                        f"(allowed by SB_PROVIDER_KEY_ENVS: {', '.join(sorted(self.key_envs)) or 'none'})",
+                    )
                 )
-            host = urlsplit(provider.base_url).hostname or ""
+            if not isinstance(base_url, str):
+                continue
+            host = urlsplit(base_url).hostname or ""
             if not self.allows_host(host):
                 out.append(
-                    f"providers.{pname}.base_url: host {host!r} is not one this deployment allows "
-                    f"(allowed by SB_PROVIDER_HOSTS: {', '.join(self.hosts) or 'none'})"
+                    (
+                        f"providers.{pname}.base_url",
+                        f"host {host!r} is not one this deployment allows "
+                        f"(allowed by SB_PROVIDER_HOSTS: {', '.join(self.hosts) or 'none'})",
+                    )
                 )
         return out
+
+
+def _field(spec: object, name: str) -> object:
+    return spec.get(name) if isinstance(spec, dict) else getattr(spec, name, None)
 
 
 class Spec(BaseModel):
@@ -176,41 +192,11 @@ class Policy(Spec):
     @model_validator(mode="after")
     def _tiers_name_known_models(self, info: ValidationInfo) -> Policy:
         deployment = (info.context or {}).get("deployment") or Deployment.from_settings()
-        problems = deployment.problems(self.providers)
-        for wname, wf in self.workflows.items():
-            for i, tier in enumerate(wf.tiers):
-                provider = self.providers.get(tier.provider)
-                if provider is None:
-                    problems.append(
-                        f"workflows.{wname}.tiers.{i}.provider: no provider named {tier.provider!r}"
-                    )
-                elif tier.model not in provider.models:
-                    problems.append(
-                        f"workflows.{wname}.tiers.{i}.model: "
-                        f"provider {tier.provider!r} has no model {tier.model!r}"
-                    )
-            if len(wf.tiers) < 2:
-                problems.append(f"workflows.{wname}.tiers: a workflow needs at least one fallback tier")
-            worst_s = sum(t.timeout_ms for t in wf.tiers) / 1000
-            if wf.budget.reservation_ttl_s <= worst_s:
-                problems.append(
-                    f"workflows.{wname}.budget.reservation_ttl_s: {wf.budget.reservation_ttl_s}s must exceed "
-                    f"the chain's worst case of {worst_s:g}s (the sum of tier timeouts), "
-                    "or usage goes uncounted"
-                )
-        for aname, agent in self.agents.items():
-            for i, wname in enumerate(agent.workflows):
-                if wname not in self.workflows:
-                    problems.append(f"agents.{aname}.workflows.{i}: no workflow named {wname!r}")
-        for pname, provider in self.providers.items():
-            for mname, model in provider.models.items():
-                if model.tokenizer is not None and model.tokenizer not in tokens.ESTIMATORS:
-                    problems.append(
-                        f"providers.{pname}.models.{mname}.tokenizer: unknown estimator {model.tokenizer!r}; "
-                        f"known: {', '.join(sorted(tokens.ESTIMATORS))}"
-                    )
+        problems = deployment.problems(self.providers) + cross_reference_problems(
+            self.model_dump(mode="json")
+        )
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError("; ".join(f"{path}: {message}" for path, message in problems))
         return self
 
     def warnings(self) -> list[str]:
@@ -231,6 +217,66 @@ class Policy(Spec):
         return orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
 
 
+def cross_reference_problems(doc: dict) -> list[tuple[str, str]]:
+    """Checks across entries (a tier names a known provider and model, a fallback exists, the
+    reservation outlives the chain, tokenizers exist), as (path, message) pairs. Works on a
+    document whose fields may be invalid too, so that every problem is reported in one pass."""
+    problems: list[tuple[str, str]] = []
+    providers = doc.get("providers") if isinstance(doc.get("providers"), dict) else {}
+    workflows = doc.get("workflows") if isinstance(doc.get("workflows"), dict) else {}
+    default_timeout = TierSpec.model_fields["timeout_ms"].default
+    default_ttl = BudgetSpec.model_fields["reservation_ttl_s"].default
+    for wname, wf in workflows.items():
+        tiers = wf.get("tiers") if isinstance(wf, dict) else None
+        if not isinstance(tiers, list):
+            continue
+        for i, tier in enumerate(tiers):
+            if not isinstance(tier, dict):
+                continue
+            pname, mname = tier.get("provider"), tier.get("model")
+            provider = providers.get(pname) if isinstance(pname, str) else None
+            if provider is None:
+                problems.append((f"workflows.{wname}.tiers.{i}.provider", f"no provider named {pname!r}"))
+            elif isinstance(provider, dict) and mname not in (provider.get("models") or {}):
+                problems.append(
+                    (f"workflows.{wname}.tiers.{i}.model", f"provider {pname!r} has no model {mname!r}")
+                )
+        if len(tiers) < 2:
+            problems.append((f"workflows.{wname}.tiers", "a workflow needs at least one fallback tier"))
+        budget = wf.get("budget") if isinstance(wf.get("budget"), dict) else {}
+        try:
+            worst_s = sum(t.get("timeout_ms", default_timeout) for t in tiers) / 1000
+            ttl = budget.get("reservation_ttl_s", default_ttl)
+            if ttl <= worst_s:
+                problems.append(
+                    (
+                        f"workflows.{wname}.budget.reservation_ttl_s",
+                        f"{ttl}s must exceed the chain's worst case of {worst_s:g}s (the sum of tier "
+                        "timeouts), or usage goes uncounted",
+                    )
+                )
+        except (TypeError, AttributeError):
+            pass  # a field error already reported by the schema
+    agents = doc.get("agents") if isinstance(doc.get("agents"), dict) else {}
+    for aname, agent in agents.items():
+        allowed = agent.get("workflows") if isinstance(agent, dict) else None
+        for i, wname in enumerate(allowed if isinstance(allowed, list) else []):
+            if wname not in workflows:
+                problems.append((f"agents.{aname}.workflows.{i}", f"no workflow named {wname!r}"))
+    for pname, provider in providers.items():
+        models = provider.get("models") if isinstance(provider, dict) else None
+        for mname, model in (models or {}).items() if isinstance(models, dict) else ():
+            tokenizer = model.get("tokenizer") if isinstance(model, dict) else None
+            if tokenizer is not None and tokenizer not in tokens.ESTIMATORS:
+                problems.append(
+                    (
+                        f"providers.{pname}.models.{mname}.tokenizer",
+                        f"unknown estimator {tokenizer!r}; known: {', '.join(sorted(tokens.ESTIMATORS))}",
+                    )
+                )
+    return problems
+
+
 @dataclass
 class PolicyProblem:
     file: str
@@ -248,6 +294,7 @@ class LoadResult:
     problems: list[PolicyProblem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    document: dict | None = None  # as written, variables unexpanded: what a version carries
 
     @property
     def ok(self) -> bool:
@@ -260,10 +307,52 @@ class PolicyLoadError(Exception):
         self.problems = problems
 
 
-def expand_env(text: str) -> str:
-    """`${VAR}` and `${VAR:-default}` from the loading process's environment (the default also
-    when VAR is empty, as in a shell)."""
-    return _ENV_REF.sub(lambda m: os.environ.get(m.group(1)) or m.group(2) or "", text)
+def expand(value: object, environ: Mapping[str, str] | None = None, path: str = ""):
+    """`${VAR}` and `${VAR:-default}` in every string of a document, from `environ` (this
+    process's environment by default); the default also applies when VAR is empty, as in a
+    shell. Returns (expanded document, problems); a variable that is unset with no default is a
+    problem, never an empty string.
+
+    Expansion happens where the policy is used: each service expands the version it loads in its
+    own environment (a container's addresses, not the operator's laptop's), and sbctl expands
+    with the operator's environment only to validate. Versions carry the document unexpanded."""
+    environ = os.environ if environ is None else environ
+    problems: list[tuple[str, str]] = []
+
+    def walk(node: object, where: str) -> object:
+        if isinstance(node, dict):
+            return {k: walk(v, f"{where}.{k}" if where else str(k)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, f"{where}.{i}") for i, v in enumerate(node)]
+        if isinstance(node, str):
+
+            def one(m: re.Match) -> str:
+                value = environ.get(m.group(1))
+                if value:
+                    return value
+                if m.group(2) is not None:
+                    return m.group(2)
+                problems.append((where, f"${{{m.group(1)}}} is not set and has no default"))
+                return ""
+
+            return _ENV_REF.sub(one, node)
+        return node
+
+    return walk(value, path), problems
+
+
+def expand_or_raise(document: dict) -> dict:
+    """The document with its variables expanded here; ValueError naming every unset one."""
+    expanded, problems = expand(document)
+    if problems:
+        raise ValueError("; ".join(f"{path}: {message}" for path, message in problems))
+    return expanded
+
+
+def document_checksum(document: dict) -> str:
+    """The checksum of a policy document as written (variables unexpanded): the same content
+    promoted from staging to production has the same checksum."""
+    return hashlib.sha256(orjson.dumps(document, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def load_dir(directory: str | Path) -> LoadResult:
@@ -279,7 +368,7 @@ def load_dir(directory: str | Path) -> LoadResult:
     problems: list[PolicyProblem] = []
     for path in files:
         try:
-            doc = yaml.safe_load(expand_env(path.read_text())) or {}
+            doc = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
             problems.append(PolicyProblem(str(path), "", f"not valid YAML: {exc}"))
             continue
@@ -311,26 +400,31 @@ def load_dir(directory: str | Path) -> LoadResult:
     return _validate(merged, origin, [str(f) for f in files])
 
 
-def _validate(doc: dict, origin: dict[tuple[str, str], str], files: list[str]) -> LoadResult:
+def _validate(document: dict, origin: dict[tuple[str, str], str], files: list[str]) -> LoadResult:
+    """Every problem at once: unset variables, field errors and cross-references."""
+
+    def problem(path: str, message: str) -> PolicyProblem:
+        owners = [f for (s, n), f in origin.items() if path == f"{s}.{n}" or path.startswith(f"{s}.{n}.")]
+        return PolicyProblem(owners[0] if len(owners) == 1 else "(policy)", path, message)
+
+    expanded, unset = expand(document)
+    problems = [problem(path, message) for path, message in unset]
+    policy = None
     try:
-        policy = Policy.model_validate(doc)
+        policy = Policy.model_validate(expanded)
     except ValidationError as exc:
-        problems = []
         for err in exc.errors(include_url=False, include_input=False):
-            loc = [str(p) for p in err["loc"]]
-            msg = err["msg"].removeprefix("Value error, ")
-            if len(loc) >= 2 and (loc[0], loc[1]) in origin:
-                problems.append(PolicyProblem(origin[(loc[0], loc[1])], ".".join(loc), msg))
-            elif not loc:  # whole-document checks carry their own paths
-                for part in msg.split("; "):
-                    path, _, text = part.partition(": ")
-                    bits = path.split(".")
-                    file = origin.get((bits[0], bits[1]), "") if len(bits) > 1 else ""
-                    problems.append(PolicyProblem(file or "(policy)", path, text))
-            else:
-                problems.append(PolicyProblem("(policy)", ".".join(loc), msg))
-        return LoadResult(None, problems, files=files)
-    return LoadResult(policy, [], policy.warnings(), files)
+            if err["loc"]:  # whole-document checks are reported below, with their own paths
+                problems.append(problem(".".join(str(p) for p in err["loc"]), err["msg"]))
+    problems += [problem(path, message) for path, message in cross_reference_problems(expanded)]
+    providers = expanded.get("providers")
+    if isinstance(providers, dict):
+        deployment = Deployment.from_settings()
+        problems += [problem(path, message) for path, message in deployment.problems(providers)]
+    if problems:
+        return LoadResult(None, problems, files=files, document=document)
+    assert policy is not None
+    return LoadResult(policy, [], policy.warnings(), files, document)
 
 
 def load_dir_or_raise(directory: str | Path) -> Policy:

@@ -10,7 +10,7 @@ from shared import errors
 from shared.bus import Bus
 from shared.contracts import ConfigEvent
 from shared.live_config import ConfigStore, VersionConflict, VersionDoc
-from shared.policy import load_dir
+from shared.policy import document_checksum, load_dir
 from shared.sbctl import history
 from shared.sbctl.context import connect, operator
 from shared.sbctl.output import emit_json, fail
@@ -60,7 +60,8 @@ async def apply(args, settings) -> int:
         try:
             store = ConfigStore(bus.js, args.env)
             current = await store.current()
-            if current is not None and current.checksum == result.policy.checksum() and not args.force:
+            checksum = document_checksum(result.document)
+            if current is not None and current.checksum == checksum and not args.force:
                 out = {
                     "ok": True,
                     "applied": False,
@@ -72,7 +73,7 @@ async def apply(args, settings) -> int:
                 else:
                     print(f"unchanged: version {current.version} is identical")
                 return 0
-            change = history.Change(result.policy, who, "apply", args.reason, source=source)
+            change = history.Change(result.document, who, "apply", args.reason, source=source)
             doc = await distribute(bus, db, store, change)
         finally:
             await bus.drain(5)

@@ -12,7 +12,7 @@ from shared import errors, names
 from shared.bus import Bus
 from shared.contracts import EventCountReply, EventCountRequest, Status
 from shared.live_config import ConfigStore
-from shared.policy import Policy, WorkflowSpec
+from shared.policy import Policy, WorkflowSpec, expand_or_raise
 from shared.sbctl.context import connect
 from shared.sbctl.output import emit_json, fail, table
 from shared.sbctl.provider_cmds import fetch_status, set_block
@@ -82,7 +82,7 @@ async def provider_outage(args, settings) -> int:
                 code="not_found",
                 as_json=args.json,
             )
-        policy = Policy.model_validate(doc.policy)
+        policy = Policy.model_validate(expand_or_raise(doc.policy))
         if provider not in policy.providers:
             fail(
                 f"no provider named {provider!r} in policy version {doc.version}",

@@ -18,7 +18,7 @@ import orjson
 
 from shared import errors
 from shared.live_config import ConfigStore, VersionDoc, read_version
-from shared.policy import Policy
+from shared.policy import document_checksum
 from shared.sbctl.context import Operator
 
 COLUMNS = (
@@ -31,7 +31,7 @@ COLUMNS = (
 class Change:
     """What an operator asks to become the next version, and on what grounds."""
 
-    policy: Policy
+    document: dict  # the policy as written, variables unexpanded
     who: Operator
     action: str  # apply | rollback | promote
     reason: str
@@ -106,9 +106,9 @@ async def publish(conn: asyncpg.Connection, store: ConfigStore, change: Change) 
             version=version,
             applied_at=time.time(),
             applied_by=change.who.name,
-            checksum=change.policy.checksum(),
+            checksum=document_checksum(change.document),
             source=change.source,
-            policy=change.policy.model_dump(mode="json"),
+            policy=change.document,
             action=change.action,
             reason=change.reason,
         )

@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 import yaml
 
 from shared.live_config import ConfigStore
-from shared.policy import Policy
 from shared.sbctl import history, policy_diff
 from shared.sbctl.config_cmds import distribute
 from shared.sbctl.context import EXIT_FAILED, EXIT_USAGE, connect, operator
@@ -151,10 +150,9 @@ async def rollback(args, settings) -> int:
                 as_json=args.json,
                 exit_code=EXIT_FAILED,
             )
-        policy = Policy.model_validate(target["policy"])
         bus = await connect(settings)
         try:
-            change = history.Change(policy, who, "rollback", args.reason, rollback_of=args.to)
+            change = history.Change(target["policy"], who, "rollback", args.reason, rollback_of=args.to)
             doc = await distribute(bus, db, ConfigStore(bus.js, args.env), change)
         finally:
             await bus.drain(5)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shared.policy import PolicyLoadError, load_dir, load_dir_or_raise
+from shared.policy import PolicyLoadError, document_checksum, load_dir, load_dir_or_raise
 from tests.support.stack import REPO
 
 
@@ -251,7 +251,48 @@ def test_env_reference_without_default(cfg, monkeypatch):
     assert load_dir_or_raise(cfg).workflows["support-triage"].owner == "payments-team"
 
     monkeypatch.delenv("SB_TEST_OWNER")
-    assert load_dir_or_raise(cfg).workflows["support-triage"].owner == "-team"
+    problem = only_problem(load_dir(cfg))  # an error, never a silent empty string
+    assert (problem.file, problem.path) == (str(path), "workflows.support-triage.owner")
+    assert problem.message == "${SB_TEST_OWNER} is not set and has no default"
+
+
+def test_versions_carry_the_document_unexpanded_and_its_checksum_ignores_the_environment(cfg, monkeypatch):
+    monkeypatch.setenv("SB_SIMULATOR_URL", "http://laptop:1")
+    here = load_dir(cfg)
+    monkeypatch.setenv("SB_SIMULATOR_URL", "http://sim.internal:7000")
+    there = load_dir(cfg)
+
+    assert here.document == there.document
+    assert here.document["providers"]["openai-sim"]["base_url"].startswith("${SB_SIMULATOR_URL:-")
+    assert document_checksum(here.document) == document_checksum(there.document)
+    assert here.policy.providers["openai-sim"].base_url == "http://laptop:1/p/openai-sim/v1"
+
+
+def test_field_and_cross_reference_errors_are_reported_in_one_pass(cfg):
+    def break_both(w):
+        w["support-triage"]["tiers"][0]["timeout_ms"] = -1  # a field error
+        w["research-summary"]["tiers"][0]["provider"] = "nobody"  # a cross-reference error
+
+    path = edit_workflows(cfg, break_both)
+
+    result = load_dir(cfg)
+
+    assert sorted((p.file, p.path) for p in result.problems) == [
+        (str(path), "workflows.research-summary.tiers.0.provider"),
+        (str(path), "workflows.support-triage.tiers.0.timeout_ms"),
+    ]
+
+
+def test_a_message_with_a_semicolon_is_kept_whole(cfg):
+    path = cfg / "providers.yaml"
+    doc = read(path)
+    doc["providers"]["openai-sim"]["models"]["gpt-sim-mini"]["tokenizer"] = "klingon"
+    write(path, doc)
+
+    problem = only_problem(load_dir(cfg))
+
+    assert (problem.file, problem.path) == (str(path), "providers.openai-sim.models.gpt-sim-mini.tokenizer")
+    assert problem.message.startswith("unknown estimator 'klingon'; known: ")
 
 
 def test_env_reference_default_applies_when_the_variable_is_empty(cfg, monkeypatch):

@@ -13,7 +13,7 @@ import pytest
 
 from shared import names
 from shared.live_config import ConfigStore, read_version
-from shared.policy import Policy
+from shared.policy import document_checksum, load_dir
 from tests.support.helpers import run_sbctl
 from tests.support.stack import wait_for
 
@@ -57,6 +57,15 @@ def slower_triage(stack) -> dict:
     return policy
 
 
+def edit_triage_timeout(stack) -> None:
+    """Change one field of the workflow files, as an operator's edit would."""
+    path = stack.policy_dir / "workflows.yaml"
+    text = path.read_text()
+    old = "model: gpt-sim-large, timeout_ms: 5000"
+    assert text.count(old) == 1
+    path.write_text(text.replace(old, "model: gpt-sim-large, timeout_ms: 2500"))
+
+
 async def test_every_version_is_in_the_history_before_it_reaches_kv(stack):
     nc = await nats.connect(stack.infra.nats_url)
     seen: list[tuple[int, list]] = []
@@ -86,15 +95,15 @@ async def test_every_version_is_in_the_history_before_it_reaches_kv(stack):
     assert first["version"] == 1
     assert seen == [(1, [1]), (2, [1, 2])], "a version reached KV before its history row existed"
     recorded = await rows(stack)
-    expected = Policy.model_validate(stack.policy())
+    expected = load_dir(stack.policy_dir).document  # as written: variables unexpanded
     assert [(r["version"], r["state"], r["action"], r["reason"]) for r in recorded] == [
         (1, "distributed", "apply", "first cut"),
         (2, "distributed", "apply", "again"),
     ]
     assert {(r["applied_by"], r["by_source"], r["checksum"]) for r in recorded} == {
-        ("alice", "configured", expected.checksum())
+        ("alice", "configured", document_checksum(expected))
     }
-    assert json.loads(recorded[0]["policy"]) == expected.model_dump(mode="json")
+    assert json.loads(recorded[0]["policy"]) == expected
 
 
 async def test_apply_fails_and_distributes_nothing_when_postgresql_does_not_answer(stack):
@@ -113,7 +122,7 @@ async def test_apply_fails_and_distributes_nothing_when_postgresql_does_not_answ
 
 async def test_config_at_a_time_between_two_versions_and_for_a_workflow_that_changed(stack):
     await apply(stack, "baseline")
-    stack.write_policy("workflows.yaml", {"workflows": slower_triage(stack)["workflows"]})
+    edit_triage_timeout(stack)
     await apply(stack, "tighter first tier for triage")
     first, second = await rows(stack)
     between = first["applied_at"] + (second["applied_at"] - first["applied_at"]) / 2
@@ -152,7 +161,7 @@ async def test_config_at_a_time_between_two_versions_and_for_a_workflow_that_cha
 async def test_rollback_is_a_new_version_with_the_old_content_and_every_service_runs_it(stack):
     await stack.start("gateway", "router")
     await apply(stack, "baseline")
-    stack.write_policy("workflows.yaml", {"workflows": slower_triage(stack)["workflows"]})
+    edit_triage_timeout(stack)
     await apply(stack, "tighter")
 
     code, out, err = await sbctl(stack, "config", "rollback", "--to", "1", "--reason", "timeouts spiked")

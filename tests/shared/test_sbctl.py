@@ -8,7 +8,7 @@ import time
 
 import yaml
 
-from shared.policy import load_dir_or_raise
+from shared.policy import document_checksum, load_dir
 from tests.support.helpers import run_sbctl
 from tests.support.stack import wait_for
 
@@ -70,9 +70,10 @@ async def test_apply_show_and_unchanged_reapply(stack):
     code, out, err = await run_sbctl(stack.infra, "config", "show", "--env", stack.env, "--json")
     assert code == 0, err
     shown = json.loads(out)
-    expected = load_dir_or_raise(stack.policy_dir)
+    expected = load_dir(stack.policy_dir).document  # versions carry the files unexpanded
     assert shown["version"] == 1
-    assert shown["checksum"] == expected.checksum() == applied["checksum"]
+    assert shown["checksum"] == document_checksum(expected) == applied["checksum"]
+    assert shown["policy"] == expected
     assert shown["source"] == policy_dir
     assert set(shown["policy"]["workflows"]) == {"support-triage", "research-summary"}
 

@@ -25,6 +25,7 @@ from shared.contracts import (
     EventKind,
     FallbackEvent,
     InvocationEvent,
+    LeverEvent,
     PassthroughEvent,
     ProviderBlockEvent,
     RateLimitEvent,
@@ -135,6 +136,15 @@ def samples(iid: str) -> list[Event]:
             prompt_tokens=12,
             completion_tokens=5,
         ),
+        LeverEvent(
+            lever="workflow.pause",
+            target=WF,
+            reason="runaway",
+            by="ops",
+            by_source="configured",
+            changed=True,
+            config_version=VERSION,
+        ),
     ]
 
 
@@ -208,14 +218,14 @@ async def test_every_kind_walks_from_emit_through_the_recorder_to_sbctl_trace(st
     reply = await wait_for(traced, timeout=30, interval=0.2, message="sbctl trace to show eight events")
     assert reply.invocation.model_dump() == sent[EventKind.INVOCATION].model_dump()
     by_kind = {e.kind: e for e in reply.events}
-    scoped = set(EventKind) - {EventKind.CONFIG, EventKind.PROVIDER_BLOCK}
+    scoped = set(EventKind) - {EventKind.CONFIG, EventKind.PROVIDER_BLOCK, EventKind.LEVER}
     assert set(by_kind) == scoped
     for kind in scoped:
         assert type(by_kind[kind]) is type(sent[kind])
         assert by_kind[kind].model_dump() == sent[kind].model_dump(), kind
 
     # Events that name no invocation are in the audit log, as the same models.
-    for kind in (EventKind.CONFIG, EventKind.PROVIDER_BLOCK):
+    for kind in (EventKind.CONFIG, EventKind.PROVIDER_BLOCK, EventKind.LEVER):
         body = await wait_for(lambda k=kind: stored(stack, sent[k].event_id), message=f"the {kind} event")
         assert codec.decode_event(body).model_dump() == sent[kind].model_dump()
 

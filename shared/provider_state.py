@@ -19,6 +19,7 @@ SKIP_REASONS = {
     "cooldown": "cooling down after a 429 ({} ms left)",
     "circuit_open": "circuit open ({} ms left)",
     "local_quota": "out of quota: {}",
+    "drill": "avoided by a drill of {} (this invocation only)",
 }
 
 

@@ -13,9 +13,10 @@ from nats.aio.msg import Msg
 from redis.exceptions import RedisError
 
 from services.router import planner
-from services.router.health import ProviderHealth
+from services.router.health import ProviderHealth, TierCheck
 from shared import errors, names
 from shared.contracts import (
+    DRILL_AVOID_METADATA,
     AttemptOutcome,
     BlockReply,
     BlockRequest,
@@ -92,12 +93,31 @@ class RouterService(Service):
             raise errors.UnknownWorkflow(f"no workflow named {name!r} in policy {active.version}")
         return active, workflow
 
+    async def _checks(self, policy, tiers, start: int, metadata: dict) -> list[TierCheck]:
+        """Acquire the first available tier from `start`; a drill's invocation (see
+        DRILL_AVOID_METADATA) skips the drilled provider's tiers as if it were blocked, for
+        itself only."""
+        avoid = metadata.get(DRILL_AVOID_METADATA)
+        checks: list[TierCheck] = []
+        while start < len(tiers):
+            if tiers[start].provider == avoid:
+                checks.append(TierCheck(start, "drill", str(avoid)))
+                start += 1
+                continue
+            end = next((i for i in range(start, len(tiers)) if tiers[i].provider == avoid), len(tiers))
+            found = await self.provider_state.acquire(policy, tiers[:end], start)
+            checks += found
+            if found and found[-1].status == "ok":
+                break
+            start = end
+        return checks
+
     async def plan(self, req: PlanRequest, _: Msg) -> Plan:
         active, workflow = self._workflow(req.workflow)
         if req.start_tier >= len(workflow.tiers):
             return Plan(workflow=req.workflow, config_version=active.version, tiers=[])
         try:
-            checks = await self.provider_state.acquire(active.policy, workflow.tiers, req.start_tier)
+            checks = await self._checks(active.policy, workflow.tiers, req.start_tier, req.metadata)
         except RedisError as exc:
             log.warning("provider state unavailable; planning from policy alone", extra={"error": repr(exc)})
             return planner.static(req.workflow, workflow, active.version, req.start_tier)

@@ -1,6 +1,11 @@
-"""sbctl drill provider-outage: block a provider, drive every workflow that uses it, read the
-fallback activations back from the audit log, judge completion and latency against the fallback
-tier's SLO, unblock. Exits non-zero when a workflow has no surviving path or misses its SLO."""
+"""sbctl drill provider-outage: drive every workflow that uses a provider with invocations that
+route around it, read the fallback activations back from the audit log, judge completion and
+latency against the fallback tier's SLO. Exits non-zero when a workflow has no surviving path or
+misses its SLO.
+
+Only the drill's own invocations avoid the provider (they carry DRILL_AVOID_METADATA, which the
+router honours for them alone): live traffic keeps using it, and a drill that is killed leaves
+nothing behind, because it never changed any shared state."""
 
 from __future__ import annotations
 
@@ -10,12 +15,11 @@ import uuid
 
 from shared import errors, names
 from shared.bus import Bus
-from shared.contracts import EventCountReply, EventCountRequest, Status
+from shared.contracts import DRILL_AVOID_METADATA, EventCountReply, EventCountRequest, Status
 from shared.live_config import ConfigStore
 from shared.policy import Policy, WorkflowSpec, expand_or_raise
 from shared.sbctl.context import connect
 from shared.sbctl.output import emit_json, fail, table
-from shared.sbctl.provider_cmds import fetch_status, set_block
 from shared.sdk import Client
 
 COMPLETED = {Status.SUCCESS, Status.FALLBACK}
@@ -30,7 +34,7 @@ def fallback_tier(workflow: WorkflowSpec, provider: str):
     return next((t for t in workflow.tiers if t.provider != provider), None)
 
 
-async def _drive(client: Client, workflow: str, count: int, concurrency: int, timeout: float):
+async def _drive(client: Client, workflow: str, avoid: str, count: int, concurrency: int, timeout: float):
     gate = asyncio.Semaphore(concurrency)
     run_id = uuid.uuid4().hex[:8]
 
@@ -43,7 +47,7 @@ async def _drive(client: Client, workflow: str, count: int, concurrency: int, ti
                     f"Drill {run_id}: synthetic request {i}.",
                     timeout=timeout,
                     invocation_id=f"drill-{run_id}-{workflow}-{i}",
-                    metadata={"drill": "provider-outage"},
+                    metadata={"drill": "provider-outage", DRILL_AVOID_METADATA: avoid},
                     agent="sbctl-drill",
                 )
             except errors.SwitchboardError as exc:
@@ -92,18 +96,10 @@ async def provider_outage(args, settings) -> int:
         affected = {n: w for n, w in policy.workflows.items() if any(t.provider == provider for t in w.tiers)}
         if not affected:
             fail(f"no workflow uses {provider!r}; nothing to drill", code="not_found", as_json=args.json)
-        state = await fetch_status(settings, env, provider, args.json)
-        already_blocked = state.providers[0].blocked if state.providers else None
-        if not already_blocked:  # an operator's block (a real outage) is left as it is
-            await set_block(settings, env, provider, True, "drill: provider-outage", args.json)
         rows = []
-        try:
-            async with Client(settings.nats_url, env=env) as client:
-                for name, workflow in affected.items():
-                    rows.append(await _judge(bus, env, client, name, workflow, provider, args))
-        finally:
-            if not already_blocked:
-                await set_block(settings, env, provider, False, "", args.json)
+        async with Client(settings.nats_url, env=env) as client:
+            for name, workflow in affected.items():
+                rows.append(await _judge(bus, env, client, name, workflow, provider, args))
     finally:
         await bus.drain(5)
     ok = all(r["verdict"] == "pass" for r in rows)
@@ -114,14 +110,13 @@ async def provider_outage(args, settings) -> int:
                 "provider": provider,
                 "env": env,
                 "config_version": doc.version,
-                "left_blocked": bool(already_blocked),
                 "workflows": rows,
             }
         )
     else:
-        after = f"still blocked ({already_blocked})" if already_blocked else "now unblocked"
         print(
-            f"drill provider-outage: {provider} blocked in env {env} (policy version {doc.version}), {after}"
+            f"drill provider-outage: the drill's invocations avoided {provider} in env {env}"
+            f" (policy version {doc.version}); live traffic was not touched"
         )
         print(
             table(
@@ -146,7 +141,7 @@ async def provider_outage(args, settings) -> int:
 async def _judge(
     bus: Bus, env: str, client: Client, name: str, workflow: WorkflowSpec, provider: str, args
 ) -> dict:
-    results = await _drive(client, name, args.invocations, args.concurrency, args.timeout)
+    results = await _drive(client, name, provider, args.invocations, args.concurrency, args.timeout)
     completed = [r for r, _, _ in results if r is not None and r.status in COMPLETED]
     ids = [r.invocation_id for r in completed if r.status is Status.FALLBACK]
     recorded = await _recorded_fallbacks(bus, env, ids, len(ids), args.wait) if ids else 0

@@ -1,14 +1,21 @@
 """`sbctl drill provider-outage` as an operator runs it: a subprocess against a running
-environment, blocking openai-sim, driving its workflows and reading the fallbacks back from
-the audit log; it passes when every workflow survives and fails, naming the problem, when the
-only fallback is broken too."""
+environment, driving openai-sim's workflows with invocations that avoid it and reading the
+fallbacks back from the audit log; it passes when every workflow survives and fails, naming the
+problem, when the only fallback is broken too. Live traffic keeps using the provider during the
+drill, and a drill that is killed leaves nothing behind."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
+import sys
 
+from shared import keys
+from shared.contracts import Status
 from tests.support.fallback import events, provider, provider_status, sim_count
-from tests.support.helpers import run_sbctl
+from tests.support.helpers import infra_env, run_sbctl
+from tests.support.stack import REPO, wait_for
 
 DRILL = ("drill", "provider-outage", "--provider", "openai-sim", "--invocations", "10")
 
@@ -20,19 +27,21 @@ async def test_drill_passes_with_fallbacks_recorded_and_unblocks(running):
 
     assert code == 0, out + err
     lines = out.splitlines()
-    assert lines[0].startswith("drill provider-outage: openai-sim blocked in env " + running.env)
+    assert lines[0].startswith(
+        f"drill provider-outage: the drill's invocations avoided openai-sim in env {running.env}"
+    )
     assert lines[-1] == "PASS"
     triage = next(line.split() for line in lines if line.startswith("support-triage "))
     # workflow, invocations, completed, completion, fallbacks_recorded, fallback_tier, p99, slo, verdict
     assert triage[1:6] == ["10", "10", "100%", "10", "anthropic-sim/claude-sim-sonnet"]
     assert triage[-1] == "pass"
-    assert await sim_count(running, "openai-sim") == 0, "a blocked provider was called"
+    assert await sim_count(running, "openai-sim") == 0, "a drill invocation called the drilled provider"
     assert provider(await provider_status(running), "openai-sim").blocked is None, "left blocked"
     fallbacks = await events(running, kind="fallback")
     drilled = [e for e in fallbacks if e["workflow"] == "support-triage"]
     assert len(drilled) == 10
-    assert {(e["from_provider"], e["to_provider"], e["outcome"]) for e in drilled} == {
-        ("openai-sim", "anthropic-sim", "skipped")
+    assert {(e["from_provider"], e["to_provider"], e["outcome"], e["source"]) for e in drilled} == {
+        ("openai-sim", "anthropic-sim", "skipped", "drill")
     }
 
 
@@ -114,3 +123,47 @@ async def test_drill_leaves_an_operator_block_in_place(running):
 
     assert code == 0, out + err
     assert provider(await provider_status(running), "openai-sim").blocked == "real outage"
+
+
+async def test_live_traffic_keeps_using_the_provider_while_the_drill_runs(running):
+    await running.apply()
+    await running.sim.control.add_fault("latency", provider="anthropic-sim", latency_ms=300)
+    client = await running.client()
+    drill = asyncio.create_task(run_sbctl(running.infra, *DRILL, "--env", running.env, timeout=90))
+    await wait_for(lambda: sim_count(running, "anthropic-sim"), message="the drill to be under way")
+
+    live = await asyncio.gather(*(client.invoke("support-triage", f"live {i}") for i in range(5)))
+
+    assert not drill.done(), "the drill ended before live traffic was sent"
+    assert {(r.status, r.provider) for r in live} == {(Status.SUCCESS, "openai-sim")}
+    code, out, err = await drill
+    assert code == 0, out + err
+    assert await sim_count(running, "openai-sim") == 5  # exactly the live invocations
+
+
+async def test_a_killed_drill_leaves_no_block_behind(running, redis):
+    await running.apply()
+    await running.sim.control.add_fault("latency", provider="anthropic-sim", latency_ms=2000)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "shared.sbctl",
+        *DRILL,
+        "--env",
+        running.env,
+        cwd=REPO,
+        env=infra_env(running.infra),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await wait_for(lambda: sim_count(running, "anthropic-sim"), message="drill invocations in flight")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+    await running.sim.control.clear_faults()
+
+    assert provider(await provider_status(running), "openai-sim").blocked is None
+    assert await redis.hgetall(keys.provider_blocks(running.env)) == {}
+    result = await (await running.client()).invoke("support-triage", "after the drill")
+    assert (result.status, result.provider) == (Status.SUCCESS, "openai-sim")

@@ -51,6 +51,12 @@ class Message(Strict):
     name: Label | None = None
 
 
+# A drill's own invocations carry this metadata key naming a provider: the router skips that
+# provider for them alone (source "drill"), so live traffic is untouched and nothing is left
+# behind when a drill dies.
+DRILL_AVOID_METADATA = "switchboard.drill.avoid_provider"
+
+
 class InvokeRequest(Strict):
     invocation_id: Identifier
     workflow: Identifier
@@ -678,3 +684,20 @@ class Pauses(Open):
 
     workflows: dict[str, Pause] = Field(default_factory=dict)
     agents: dict[str, Pause] = Field(default_factory=dict)
+
+
+# --- rollout acknowledgement (KV sb_<env>_rollout, key "<service>.<replica>") ---------------
+
+
+class ReplicaReport(Open):
+    """What one replica says about policy: the version it runs, the last one it rejected and
+    why, refreshed every `heartbeat_s` (a report older than a few heartbeats is stale)."""
+
+    service: str
+    replica: str
+    version: int  # the version it runs; 0 while it runs on local files
+    config_version: str
+    rejected_version: int | None = None
+    error: str | None = None
+    reported_at: float
+    heartbeat_s: float

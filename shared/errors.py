@@ -116,6 +116,12 @@ class AgentPaused(Paused):
     code = "agent_paused"
 
 
+class Refused(SwitchboardError):
+    """A governance rule said no: a protected environment, a soak time, a missing acknowledgement."""
+
+    code = "refused"
+
+
 class Timeout(SwitchboardError):
     code = "timeout"
     retryable = True

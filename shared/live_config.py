@@ -16,10 +16,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import orjson
 from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError, NoKeysError, NotFoundError
 from pydantic import BaseModel, ConfigDict
 
-from shared import names
+from shared import names, rollout
 from shared.policy import Policy, PolicyLoadError, expand_or_raise, load_dir_or_raise
 from shared.telemetry import metrics
 
@@ -132,6 +133,15 @@ class ConfigStore:
         raise RuntimeError("could not apply: the policy kept changing underneath")
 
 
+def _version_of(value: bytes) -> int:
+    """The version number of a document that may not load at all (0 when unreadable)."""
+    try:
+        number = orjson.loads(value).get("version")
+    except (orjson.JSONDecodeError, AttributeError):
+        return 0
+    return number if isinstance(number, int) else 0
+
+
 class VersionConflict(RuntimeError):
     """Another version was written to KV at the same time."""
 
@@ -155,7 +165,9 @@ class LiveConfig:
         self._task: asyncio.Task | None = None
         self._listeners: list[Callable[[ActivePolicy], None]] = []
         self.last_error: str | None = None
+        self.rejected_version: int | None = None  # the newest version this replica refused
         self._revision = 0  # newest KV revision looked at
+        self.reporter = rollout.Reporter(js, env, service, self._report)
 
     @property
     def active(self) -> ActivePolicy:
@@ -201,6 +213,17 @@ class LiveConfig:
         kv = await self.store.bucket()
         self._watcher = await kv.watch(names.CONFIG_KEY)  # replays the current value, then follows
         self._task = asyncio.create_task(self._follow())
+        await self.reporter.start()
+
+    def _report(self) -> dict:
+        """What this replica tells `sbctl config apply/status` (see shared.rollout)."""
+        active = self._active
+        return {
+            "version": active.number if active else 0,
+            "config_version": active.version if active else "",
+            "rejected_version": self.rejected_version,
+            "error": self.last_error if self.rejected_version is not None else None,
+        }
 
     async def _follow(self) -> None:
         async for entry in self._watcher:
@@ -218,6 +241,8 @@ class LiveConfig:
         except Exception as exc:
             metrics.CONFIG_REJECTED.labels(self.service).inc()
             self.last_error = f"{type(exc).__name__}: {exc}"
+            self.rejected_version = max(_version_of(value), self.rejected_version or 0) or None
+            self.reporter.changed()
             log.error(
                 "policy version rejected; keeping the last good one",
                 extra={
@@ -237,11 +262,13 @@ class LiveConfig:
 
     def _swap(self, active: ActivePolicy) -> None:
         self._active = active
+        self.reporter.changed()
         metrics.CONFIG_VERSION.labels(self.service).set(active.number)
         for listener in self._listeners:
             listener(active)
 
     async def stop(self) -> None:
+        await self.reporter.stop()
         if self._task:
             self._task.cancel()
         if self._watcher is not None:

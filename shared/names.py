@@ -137,3 +137,8 @@ SWITCHES_KEY = "pauses"
 def switches_bucket(env: str) -> str:
     """The KV bucket of an environment's stop switches (paused workflows and agents)."""
     return f"sb_{env}_switches".replace("-", "_")
+
+
+def rollout_bucket(env: str) -> str:
+    """The KV bucket where every replica reports the policy version it runs or rejected."""
+    return f"sb_{env}_rollout".replace("-", "_")

@@ -18,6 +18,7 @@ from shared.sbctl import (
     drill_cmds,
     history_cmds,
     invoke_cmds,
+    promote_cmds,
     provider_cmds,
     stats_cmds,
     status_cmds,
@@ -69,9 +70,30 @@ def parser() -> argparse.ArgumentParser:
     p = config.add_parser("apply", help="publish the files as the next live version")
     p.add_argument("dir", nargs="?", default="config")
     p.add_argument("--reason", required=True, help="why: kept in the history of record")
-    p.add_argument("--force", action="store_true", help="apply even if identical to the active version")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="apply even if identical to the active version, or to a protected env (recorded)",
+    )
+    p.add_argument("--wait", type=float, default=10.0, help="seconds to wait for every replica (default 10)")
     _common(p)
     p.set_defaults(func=config_cmds.apply)
+    p = config.add_parser("promote", help="publish what runs in one env as the next version of another")
+    p.add_argument("--from", dest="source", required=True, help="e.g. staging")
+    p.add_argument("--to", dest="target", required=True, help="e.g. prod")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--wait", type=float, default=10.0, help="seconds to wait for every replica (default 10)")
+    _common(p)
+    p.set_defaults(func=promote_cmds.promote)
+    p = config.add_parser("protect", help="refuse direct applies to an env; set its soak requirement")
+    p.add_argument("--off", action="store_true", help="remove the protection")
+    p.add_argument("--soak", type=int, help="seconds a version must run where it is promoted from")
+    p.add_argument("--reason", required=True)
+    _common(p)
+    p.set_defaults(func=promote_cmds.protect)
+    p = config.add_parser("status", help="which version every replica runs, or why it rejected it")
+    _common(p)
+    p.set_defaults(func=config_cmds.status)
     p = config.add_parser("show", help="the active version")
     _common(p)
     p.set_defaults(func=config_cmds.show)
@@ -93,6 +115,7 @@ def parser() -> argparse.ArgumentParser:
     p = config.add_parser("rollback", help="a new version with the content of an earlier one")
     p.add_argument("--to", type=int, required=True, help="the version whose content comes back")
     p.add_argument("--reason", required=True)
+    p.add_argument("--wait", type=float, default=10.0, help="seconds to wait for every replica (default 10)")
     _common(p)
     p.set_defaults(func=history_cmds.rollback)
 

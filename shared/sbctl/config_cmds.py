@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import os
+import time
 
 import asyncpg
 
-from shared import errors
+from shared import errors, rollout
 from shared.bus import Bus
 from shared.contracts import ConfigEvent
 from shared.live_config import ConfigStore, VersionConflict, VersionDoc
 from shared.policy import document_checksum, load_dir
+from shared.rollout import ReplicaState
 from shared.sbctl import history
-from shared.sbctl.context import connect, operator
-from shared.sbctl.output import emit_json, fail
+from shared.sbctl.context import EXIT_FAILED, EXIT_OK, connect, operator
+from shared.sbctl.output import emit_json, fail, table
 
 
 def validate(args) -> int:
@@ -56,6 +58,7 @@ async def apply(args, settings) -> int:
     who = operator(settings)
     db = await history.open_db(settings.database_url)
     try:
+        forced = await history.guard(db, args.env, args.force)
         bus = await connect(settings)
         try:
             store = ConfigStore(bus.js, args.env)
@@ -73,27 +76,80 @@ async def apply(args, settings) -> int:
                 else:
                     print(f"unchanged: version {current.version} is identical")
                 return 0
-            change = history.Change(result.document, who, "apply", args.reason, source=source)
+            change = history.Change(result.document, who, "apply", args.reason, source=source, forced=forced)
             doc = await distribute(bus, db, store, change)
+            rows = await rollout.wait(bus.js, args.env, doc.version, args.wait)
         finally:
             await bus.drain(5)
     finally:
         await db.close()
-    if args.json:
-        emit_json(
-            {
-                "ok": True,
-                "applied": True,
-                "version": doc.version,
-                "checksum": doc.checksum,
-                "warnings": result.warnings,
-            }
-        )
-    else:
+    if not args.json:
         for w in result.warnings:
             print(f"warning: {w}")
         print(f"applied: version {doc.version} to env {args.env} (checksum {doc.checksum[:12]})")
-    return 0
+    return print_rollout(args, doc, rows, {"applied": True, "warnings": result.warnings})
+
+
+def print_rollout(args, doc: VersionDoc, rows, extra: dict) -> int:
+    """The rollout table of `doc`; non-zero when a live replica rejected it or stayed silent."""
+    counted = [s for _, s in rows if s is not ReplicaState.STALE]
+    ok = all(s is ReplicaState.OK for s in counted)
+    if args.json:
+        emit_json(
+            {
+                "ok": ok,
+                "version": doc.version,
+                "checksum": doc.checksum,
+                **extra,
+                "rollout": [rollout_row(r, s) for r, s in rows],
+            }
+        )
+        return EXIT_OK if ok else EXIT_FAILED
+    if rows:
+        print(
+            table([rollout_row(r, s) for r, s in rows], ["service", "replica", "version", "state", "detail"])
+        )
+    if not counted:
+        print("rollout: no live replica has reported (none running in this environment?)")
+    elif ok:
+        print(f"rollout: all {len(counted)} live replica(s) run version {doc.version}")
+    else:
+        bad = [s for s in counted if s is not ReplicaState.OK]
+        print(f"rollout: FAILED, {len(bad)} of {len(counted)} live replica(s) rejected it or stayed silent")
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def rollout_row(report, state: ReplicaState) -> dict:
+    age = time.time() - report.reported_at
+    if state is ReplicaState.REJECTED:
+        detail = report.error or "rejected"
+    elif state is ReplicaState.STALE:
+        detail = f"last report {age:.0f}s ago (gone?), ran {report.config_version}"
+    elif state is ReplicaState.SILENT:
+        detail = f"still runs {report.config_version}"
+    else:
+        detail = ""
+    return {
+        "service": report.service,
+        "replica": report.replica,
+        "version": report.config_version,
+        "state": state.value,
+        "detail": detail,
+    }
+
+
+async def status(args, settings) -> int:
+    bus = await connect(settings)
+    try:
+        current = await ConfigStore(bus.js, args.env).current()
+        if current is None:
+            fail(f"no policy version has been applied to env {args.env}", code="not_found", as_json=args.json)
+        rows = await rollout.wait(bus.js, args.env, current.version, 0)
+    finally:
+        await bus.drain(5)
+    if not args.json:
+        print(f"env {args.env}: version {current.version} applied by {current.applied_by}")
+    return print_rollout(args, current, rows, {})
 
 
 async def distribute(bus: Bus, db, store: ConfigStore, change: history.Change) -> VersionDoc:

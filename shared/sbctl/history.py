@@ -21,6 +21,7 @@ from shared.live_config import ConfigStore, VersionDoc, read_version
 from shared.policy import document_checksum
 from shared.sbctl.context import Operator
 
+DEFAULT_SOAK_S = 600  # how long a version must have run where it is promoted from
 COLUMNS = (
     "env, version, applied_at, applied_by, by_source, action, reason, forced, promoted_from_env,"
     " promoted_from_version, rollback_of, checksum, source, state"
@@ -196,3 +197,50 @@ def _row(record) -> dict:
 
 def _ts(value: float) -> datetime:
     return datetime.fromtimestamp(value, tz=UTC)
+
+
+async def env_settings(conn: asyncpg.Connection, env: str) -> dict:
+    """An environment's governance settings; an environment never configured is unprotected
+    with the default soak time."""
+    row = await conn.fetchrow("select * from policy_envs where env = $1", env)
+    return dict(row) if row else {"env": env, "protected": False, "soak_s": DEFAULT_SOAK_S}
+
+
+async def set_env(
+    conn: asyncpg.Connection, env: str, *, protected: bool, soak_s: int, who: Operator, reason: str
+) -> None:
+    await conn.execute(
+        """insert into policy_envs (env, protected, soak_s, changed_by, changed_at, reason)
+           values ($1, $2, $3, $4, now(), $5)
+           on conflict (env) do update set protected = excluded.protected, soak_s = excluded.soak_s,
+               changed_by = excluded.changed_by, changed_at = now(), reason = excluded.reason""",
+        env,
+        protected,
+        soak_s,
+        who.name,
+        reason,
+    )
+
+
+async def live(conn: asyncpg.Connection, env: str) -> dict | None:
+    """The version live in `env` now, from the history of record."""
+    row = await conn.fetchrow(
+        f"select {COLUMNS}, policy from policy_history where env = $1 and state = 'distributed'"
+        " order by version desc limit 1",
+        env,
+    )
+    return _row(row) if row else None
+
+
+async def guard(conn: asyncpg.Connection, env: str, forced: bool) -> bool:
+    """Refuse a direct apply to a protected environment unless forced; True when the guard was
+    overridden (recorded with the version and shown by `config history`)."""
+    rules = await env_settings(conn, env)
+    if not rules["protected"]:
+        return False
+    if not forced:
+        raise errors.Refused(
+            f"env {env} is protected: promote a version that ran where it soaked"
+            " (sbctl config promote), or override with --force --reason"
+        )
+    return True

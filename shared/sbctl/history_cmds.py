@@ -7,9 +7,10 @@ from datetime import UTC, datetime
 
 import yaml
 
+from shared import rollout
 from shared.live_config import ConfigStore
 from shared.sbctl import history, policy_diff
-from shared.sbctl.config_cmds import distribute
+from shared.sbctl.config_cmds import distribute, print_rollout
 from shared.sbctl.context import EXIT_FAILED, EXIT_USAGE, connect, operator
 from shared.sbctl.output import emit_json, fail, table
 
@@ -154,18 +155,17 @@ async def rollback(args, settings) -> int:
         try:
             change = history.Change(target["policy"], who, "rollback", args.reason, rollback_of=args.to)
             doc = await distribute(bus, db, ConfigStore(bus.js, args.env), change)
+            rows = await rollout.wait(bus.js, args.env, doc.version, args.wait)
         finally:
             await bus.drain(5)
     finally:
         await db.close()
-    if args.json:
-        emit_json({"ok": True, "version": doc.version, "rollback_of": args.to, "checksum": doc.checksum})
-    else:
+    if not args.json:
         print(
             f"rolled back: version {doc.version} of env {args.env} has the content of version {args.to}"
             f" (checksum {doc.checksum[:12]})"
         )
-    return 0
+    return print_rollout(args, doc, rows, {"rollback_of": args.to})
 
 
 def parse_time(text: str, as_json: bool) -> datetime:

@@ -167,7 +167,7 @@ async def cleanup_env(infra: Infra, env: str) -> None:
         js = nc.jetstream()
         with contextlib.suppress(NotFoundError):
             await js.delete_stream(names.events_stream(env))
-        for bucket in (names.config_bucket(env), names.switches_bucket(env)):
+        for bucket in (names.config_bucket(env), names.switches_bucket(env), names.rollout_bucket(env)):
             with contextlib.suppress(NotFoundError, Exception):
                 await js.delete_key_value(bucket)
     finally:

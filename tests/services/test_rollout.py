@@ -1,0 +1,148 @@
+"""Rollout acknowledgement: every replica reports the version it runs or the error it rejected
+it with; `sbctl config apply` waits for them, prints the rollout table and fails when a live
+replica rejected the version or stayed silent; a replica that is gone is shown as stale."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import nats
+import pytest
+
+from shared import rollout
+from tests.support.helpers import SIM_KEYS, ServiceProcess, infra_env, run_sbctl
+from tests.support.rollout import put_report
+from tests.support.stack import wait_for
+
+pytestmark = pytest.mark.timeout(120)
+VAR = "SB_TEST_SIM_ROOT"  # set for the in-process services and sbctl, not for the process replica
+
+
+def use_variable_without_default(stack) -> None:
+    """Point openai-sim at ${VAR}/p/openai-sim/v1: a replica without VAR cannot load it."""
+    path = stack.policy_dir / "providers.yaml"
+    text = path.read_text()
+    old = "${SB_SIMULATOR_URL:-http://127.0.0.1:9180}/p/openai-sim/v1"
+    assert old in text
+    path.write_text(text.replace(old, "${" + VAR + "}/p/openai-sim/v1"))
+
+
+async def apply(stack, *extra: str) -> tuple[int, str, str]:
+    return await run_sbctl(
+        stack.infra,
+        "config",
+        "apply",
+        str(stack.policy_dir),
+        "--reason",
+        "rollout test",
+        "--env",
+        stack.env,
+        *extra,
+        extra_env={VAR: stack.sim.url},
+        timeout=60,
+    )
+
+
+async def test_rollout_table_with_a_replica_that_rejects_and_one_that_is_gone(running, tmp_path, monkeypatch):
+    env = infra_env(
+        running.infra,
+        SB_ENV=running.env,
+        SB_CONFIG_DIR=str(running.policy_dir),
+        SB_SIMULATOR_URL=running.sim.url,
+        **SIM_KEYS,
+    )
+    env.pop(VAR, None)
+    monkeypatch.setenv(VAR, running.sim.url)  # the in-process replicas have it
+    replica = await ServiceProcess("router", env, tmp_path).start()
+    try:
+        await replica.wait_ready()
+        code, out, err = await apply(running)
+        assert code == 0, out + err
+        assert out.splitlines()[-1] == "rollout: all 4 live replica(s) run version 1"
+        await put_report(
+            running,
+            service="gateway",
+            replica="old-host-41-dead00",
+            version=1,
+            config_version="1",
+            reported_at=time.time() - 120,
+        )
+
+        use_variable_without_default(running)
+        code, out, err = await apply(running)
+
+        assert code == 1, out + err
+        lines = out.splitlines()
+        assert lines[0].startswith(f"applied: version 2 to env {running.env}")
+        rows = {tuple(line.split()[:4]): line for line in lines[2:-1]}
+        states = sorted((service, version, state) for service, _, version, state in rows)
+        assert states == [
+            ("budget", "2", "ok"),
+            ("gateway", "1", "stale"),
+            ("gateway", "2", "ok"),
+            ("router", "1", "rejected"),
+            ("router", "2", "ok"),
+        ]
+        rejected = next(line for key, line in rows.items() if key[3] == "rejected")
+        assert f"${{{VAR}}} is not set and has no default" in rejected
+        gone = next(line for key, line in rows.items() if key[3] == "stale")
+        assert "old-host-41-dead00" in gone and "gone?" in gone
+        assert lines[-1] == "rollout: FAILED, 1 of 4 live replica(s) rejected it or stayed silent"
+
+        # the replica that rejected keeps running the last good version
+        code, out, err = await run_sbctl(running.infra, "config", "status", "--env", running.env, "--json")
+        assert code == 1, err
+        status = json.loads(out)
+        assert status["version"] == 2 and status["ok"] is False
+        by_state = sorted((r["service"], r["state"]) for r in status["rollout"])
+        assert by_state == [
+            ("budget", "ok"),
+            ("gateway", "ok"),
+            ("gateway", "stale"),
+            ("router", "ok"),
+            ("router", "rejected"),
+        ]
+        assert {r["version"] for r in status["rollout"] if r["state"] == "rejected"} == {"1"}
+    finally:
+        await replica.stop()
+
+
+async def test_a_live_replica_that_never_answers_is_silent_and_apply_fails(running):
+    await put_report(
+        running,
+        service="budget",
+        replica="wedged-7-abc123",
+        version=0,
+        config_version="files:abc",
+        reported_at=time.time() + 3600,  # keeps looking alive for the whole test
+    )
+
+    code, out, err = await apply(running, "--wait", "1", "--json")
+
+    assert code == 1, err
+    report = json.loads(out)
+    assert report["ok"] is False and report["version"] == 1
+    states = {
+        (r["replica"] if r["replica"].startswith("wedged") else r["service"]): r["state"]
+        for r in report["rollout"]
+    }
+    assert states == {"wedged-7-abc123": "silent", "gateway": "ok", "router": "ok", "budget": "ok"}
+
+
+async def test_a_replica_that_stops_cleanly_withdraws_its_report(running):
+    await running.apply()
+    nc = await nats.connect(running.infra.nats_url)
+    try:
+        before = {r.service for r in await rollout.reports(nc.jetstream(), running.env)}
+        await running.stop("router")
+        await wait_for(
+            lambda: _services(nc, running.env, lambda s: "router" not in s), message="the report withdrawn"
+        )
+    finally:
+        await nc.close()
+    assert before == {"gateway", "router", "budget"}
+
+
+async def _services(nc, env, predicate) -> bool:
+    return predicate({r.service for r in await rollout.reports(nc.jetstream(), env)})

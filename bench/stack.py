@@ -415,8 +415,13 @@ class Stack:
         js = self.nc.jetstream()
         with contextlib.suppress(Exception):
             await js.delete_stream(names.events_stream(self.env_name))
-        with contextlib.suppress(Exception):
-            await js.delete_key_value(names.config_bucket(self.env_name))
+        for bucket in (
+            names.config_bucket(self.env_name),
+            names.switches_bucket(self.env_name),
+            names.rollout_bucket(self.env_name),
+        ):
+            with contextlib.suppress(Exception):
+                await js.delete_key_value(bucket)
         r = aioredis.from_url(self.base_env["SB_REDIS_URL"])
         try:
             batch = [k async for k in r.scan_iter(match=keys.prefix(self.env_name) + "*", count=1000)]
@@ -426,8 +431,8 @@ class Stack:
             await r.aclose()
         conn = await asyncpg.connect(self.base_env["SB_DATABASE_URL"])
         try:
-            for table in ("events", "invocations", "config_versions"):
+            for table in ("events", "invocations", "config_versions", "policy_history"):
                 await conn.execute(f"delete from {table} where env = $1", self.env_name)
         finally:
             await conn.close()
-        log(f"cleaned up env {self.env_name} (stream, KV bucket, Redis keys, audit rows)")
+        log(f"cleaned up env {self.env_name} (stream, KV buckets, Redis keys, audit and history rows)")

@@ -13,6 +13,7 @@ from nats.micro.service import ServiceStats
 
 from shared import names
 from shared.bus import Bus
+from shared.sbctl.context import connect
 from shared.sbctl.output import emit_json, table
 from shared.service_api import SERVICE_PREFIX
 
@@ -69,7 +70,7 @@ def _replica(stats: ServiceStats) -> dict:
 
 
 async def status(args, settings) -> int:
-    bus = await Bus.connect(settings.nats_url, env=args.env, service="sbctl")
+    bus = await connect(settings)
     try:
         found = [_replica(s) for s in await replicas(bus, args.env, args.wait)]
     finally:

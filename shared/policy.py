@@ -420,7 +420,10 @@ def _validate(document: dict, origin: dict[tuple[str, str], str], files: list[st
     providers = expanded.get("providers")
     if isinstance(providers, dict):
         deployment = Deployment.from_settings()
-        problems += [problem(path, message) for path, message in deployment.problems(providers)]
+        invalid = {p.path for p in problems}  # a value that is malformed is not judged again here
+        problems += [
+            problem(path, msg) for path, msg in deployment.problems(providers) if path not in invalid
+        ]
     if problems:
         return LoadResult(None, problems, files=files, document=document)
     assert policy is not None

@@ -35,17 +35,26 @@ def bucket(env: str) -> str:
     return f"sb_{env}_config".replace("-", "_")  # as shared.names.config_bucket
 
 
+def named_bucket(env: str, kind: str) -> str:
+    return f"sb_{env}_{kind}".replace("-", "_")  # as shared.names.rollout_bucket / switches_bucket
+
+
+ENV_NAMED = ("{stream}", "{bucket}", "{rollout}", "{switches}")
+
+
 def expand(subject: str, env: str, user: str, agent: str | None) -> str:
     """Fill the placeholders; with every environment (`*`) a stream or bucket token is `*`."""
     tokens = []
     for token in subject.split("."):
-        if env == "*" and ("{stream}" in token or "{bucket}" in token):
+        if env == "*" and any(name in token for name in ENV_NAMED):
             tokens.append("*")
             continue
         tokens.append(
             token.replace("{env}", env)
             .replace("{stream}", stream(env))
             .replace("{bucket}", bucket(env))
+            .replace("{rollout}", named_bucket(env, "rollout"))
+            .replace("{switches}", named_bucket(env, "switches"))
             .replace("{user}", user)
             .replace("{agent}", agent or "")
         )

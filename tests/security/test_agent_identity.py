@@ -84,10 +84,15 @@ async def test_sbctl_pulls_operator_levers_as_the_operator(secure_stack, auth_na
     env = secure_stack.env
 
     code, out, err = await run_sbctl(
-        secure_stack.infra, "config", "apply", str(secure_stack.policy_dir), "--env", env
+        secure_stack.infra, "config", "apply", str(secure_stack.policy_dir), "--reason", "t", "--env", env
     )
-    assert code == 0, err
+    assert code == 0, out + err
+    assert "rollout: all 3 live replica(s) run version 1" in out  # their reports are permitted
     code, out, err = await run_sbctl(secure_stack.infra, "provider", "block", "openai-sim", "--env", env)
+    assert code == 0, err
+    code, out, err = await run_sbctl(
+        secure_stack.infra, "workflow", "pause", "research-summary", "--reason", "t", "--env", env
+    )
     assert code == 0, err
     code, out, err = await run_sbctl(
         secure_stack.infra, "invoke", "support-triage", "hi", "--env", env, "--json"

@@ -22,6 +22,8 @@ AGENTS = ["alice", "bob"]
 SENTINEL = "sb.sentinel.nobody"
 B = names.config_bucket(ENV)
 S = names.events_stream(ENV)
+SW = names.switches_bucket(ENV)
+RO = names.rollout_bucket(ENV)
 
 
 def sb(rest: str) -> str:
@@ -53,6 +55,15 @@ PROBES = [
     ("agent-alice", DENY, SUB, sb("events.>")),
     ("agent-alice", DENY, SUB, "$SRV.>"),  # answer service-API pings as if it were a service
     ("agent-alice", DENY, PUB, sb("router.degradation")),
+    ("agent-alice", DENY, PUB, f"$KV.{SW}.pauses"),  # resume itself or pause others
+    ("agent-alice", DENY, PUB, f"$KV.{RO}.gateway.x"),  # forge a rollout acknowledgement
+    # stop switches and rollout reports
+    ("operator", ALLOW, PUB, f"$KV.{SW}.pauses"),
+    ("operator", ALLOW, PUB, sb("events.lever")),
+    ("gateway", ALLOW, PUB, f"$JS.API.CONSUMER.CREATE.KV_{SW}"),  # watch the switches
+    ("gateway", DENY, PUB, f"$KV.{SW}.pauses"),  # read, never write
+    ("router", ALLOW, PUB, f"$KV.{RO}.router.x"),  # its report
+    ("router", DENY, PUB, f"$KV.{SW}.pauses"),
     # gateway: the only asker of router and budget; serves both invoke subjects
     ("gateway", ALLOW, SUB, sb("invoke.*")),
     ("gateway", ALLOW, SUB, sb("agent.*.invoke.*")),

@@ -257,15 +257,16 @@ def test_env_reference_without_default(cfg, monkeypatch):
 
 
 def test_versions_carry_the_document_unexpanded_and_its_checksum_ignores_the_environment(cfg, monkeypatch):
-    monkeypatch.setenv("SB_SIMULATOR_URL", "http://laptop:1")
+    monkeypatch.setenv("SB_SIMULATOR_URL", "http://127.0.0.1:1")
     here = load_dir(cfg)
-    monkeypatch.setenv("SB_SIMULATOR_URL", "http://sim.internal:7000")
+    monkeypatch.setenv("SB_SIMULATOR_URL", "http://localhost:7000")
     there = load_dir(cfg)
 
     assert here.document == there.document
     assert here.document["providers"]["openai-sim"]["base_url"].startswith("${SB_SIMULATOR_URL:-")
     assert document_checksum(here.document) == document_checksum(there.document)
-    assert here.policy.providers["openai-sim"].base_url == "http://laptop:1/p/openai-sim/v1"
+    assert here.policy.providers["openai-sim"].base_url == "http://127.0.0.1:1/p/openai-sim/v1"
+    assert there.policy.providers["openai-sim"].base_url == "http://localhost:7000/p/openai-sim/v1"
 
 
 def test_field_and_cross_reference_errors_are_reported_in_one_pass(cfg):

@@ -46,7 +46,11 @@ def operator(settings: SbctlSettings) -> Operator:
 
 async def connect(settings: SbctlSettings) -> Bus:
     return await Bus.connect(
-        settings.nats_url, env=settings.env, service="sbctl", first_connect_s=settings.connect_s
+        settings.nats_url,
+        env=settings.env,
+        service="sbctl",
+        first_connect_s=settings.connect_s,
+        settings=settings,  # the operator's credentials and TLS
     )
 
 

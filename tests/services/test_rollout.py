@@ -132,7 +132,7 @@ async def test_a_live_replica_that_never_answers_is_silent_and_apply_fails(runni
 
 async def test_a_replica_that_stops_cleanly_withdraws_its_report(running):
     await running.apply()
-    nc = await nats.connect(running.infra.nats_url)
+    nc = await nats.connect(running.infra.nats_url, **running.infra.nats_options)
     try:
         before = {r.service for r in await rollout.reports(nc.jetstream(), running.env)}
         await running.stop("router")

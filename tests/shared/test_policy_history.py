@@ -43,7 +43,7 @@ async def rows(stack) -> list[dict]:
 
 
 async def kv_versions(stack) -> list[int]:
-    nc = await nats.connect(stack.infra.nats_url)
+    nc = await nats.connect(stack.infra.nats_url, **stack.infra.nats_options)
     try:
         entries = await ConfigStore(nc.jetstream(), stack.env).entries()
     finally:
@@ -67,7 +67,7 @@ def edit_triage_timeout(stack) -> None:
 
 
 async def test_every_version_is_in_the_history_before_it_reaches_kv(stack):
-    nc = await nats.connect(stack.infra.nats_url)
+    nc = await nats.connect(stack.infra.nats_url, **stack.infra.nats_options)
     seen: list[tuple[int, list]] = []
     try:
         kv = await ConfigStore(nc.jetstream(), stack.env).bucket()

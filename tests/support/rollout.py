@@ -10,7 +10,7 @@ from shared.contracts import ReplicaReport
 
 async def put_report(stack, **fields) -> None:
     """A report in the rollout bucket of the stack's env."""
-    nc = await nats.connect(stack.infra.nats_url)
+    nc = await nats.connect(stack.infra.nats_url, **stack.infra.nats_options)
     try:
         kv = await rollout.bucket(nc.jetstream(), stack.env)
         report = ReplicaReport(heartbeat_s=5.0, **fields)

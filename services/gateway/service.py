@@ -73,14 +73,6 @@ class GatewayService(Service):
         in_flight_ttl = sum(t.timeout_ms for t in workflow.tiers) / 1000 + 30
         req, refusal = identity.admit(req, msg.subject, active.policy)
         try:
-            admit(self.switches.current, req)
-        except errors.Paused as exc:  # an operator's stop switch: refused before anything is claimed
-            run = Invocation(self, req, active, workflow, started)
-            result = run.rejected(exc)
-            await self.bus.reply(msg, result)
-            run.record(result)
-            return
-        try:
             digest = await self.idempotency.begin(req, in_flight_ttl)
         except Replay as replay:  # a retry of a finished invocation: its first reply, nothing else
             await self.bus.reply_raw(msg, replay.stored)
@@ -99,6 +91,15 @@ class GatewayService(Service):
             # recorded under the id of another caller's invocation.
             await self.idempotency.forget(req.invocation_id)
             result = run.failed(refusal)
+            run.record(result)
+            await asyncio.sleep(0)  # the events enter the connection's buffer ahead of the reply
+            await self.bus.reply(msg, result)
+            return
+        try:
+            admit(self.switches.current, req)
+        except errors.Paused as exc:  # an operator's stop switch: refused once the id is claimed, too
+            await self.idempotency.forget(req.invocation_id)
+            result = run.rejected(exc)
             run.record(result)
             await asyncio.sleep(0)  # the events enter the connection's buffer ahead of the reply
             await self.bus.reply(msg, result)

@@ -20,7 +20,7 @@ from shared.contracts import (
     TraceReply,
     TraceRequest,
 )
-from shared.sbctl.context import connect
+from shared.sbctl.context import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, connect
 from shared.sbctl.output import emit_json, fail, table
 from shared.sdk import Client
 
@@ -48,8 +48,10 @@ async def invoke(args, settings) -> int:
                 metadata=_metadata(args.meta),
                 timeout=args.timeout,
             )
+    except errors.Unavailable as exc:  # the documented exit code 3, as for every command
+        fail(exc.message, code=exc.code, as_json=args.json, exit_code=EXIT_UNAVAILABLE)
     except errors.SwitchboardError as exc:
-        fail(exc.message, code=exc.code, as_json=args.json)
+        fail(exc.message, code=exc.code, as_json=args.json, exit_code=EXIT_FAILED)
     if args.json:
         emit_json(result.model_dump(mode="json", exclude_none=True))
     else:
@@ -62,7 +64,7 @@ async def invoke(args, settings) -> int:
             print(result.output)
         if result.error:
             print(f"error [{result.error.code}]: {result.error.message}")
-    return 0 if result.status.value in ("success", "fallback") else 2
+    return EXIT_OK if result.status.value in ("success", "fallback") else EXIT_FAILED
 
 
 async def trace(args, settings) -> int:

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable
 from enum import StrEnum
 
-from nats.js.errors import BucketNotFoundError, NoKeysError, NotFoundError
+from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from shared import names
 from shared.contracts import ReplicaReport
@@ -106,16 +106,19 @@ class Reporter:
 
 
 async def reports(js, env: str) -> list[ReplicaReport]:
-    """Every replica's report, by service then replica."""
+    """Every replica's report, by service then replica.
+
+    The keys come from the bucket's stream (one subject per key), not from a KV watch: a watch
+    can close its initial listing before a key being rewritten at that moment arrives, which
+    dropped replicas from the table exactly while they reported a new version."""
     kv = await bucket(js, env)
-    try:
-        keys = await kv.keys()
-    except (NoKeysError, NotFoundError):
-        return []
+    name = names.rollout_bucket(env)
+    prefix = f"$KV.{name}."
+    info = await js.stream_info(f"KV_{name}", subjects_filter=prefix + ">")
     found = []
-    for key in keys:
-        with contextlib.suppress(NotFoundError, KeyError):
-            entry = await kv.get(key)
+    for subject in info.state.subjects or {}:
+        with contextlib.suppress(NotFoundError):  # withdrawn since the listing
+            entry = await kv.get(subject[len(prefix) :])
             if entry.value:
                 with contextlib.suppress(ValueError):
                     found.append(ReplicaReport.model_validate_json(entry.value))

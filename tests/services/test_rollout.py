@@ -4,6 +4,7 @@ replica rejected the version or stayed silent; a replica that is gone is shown a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -11,6 +12,7 @@ import nats
 import pytest
 
 from shared import rollout
+from shared.contracts import ReplicaReport
 from tests.support.helpers import SIM_KEYS, ServiceProcess, infra_env, run_sbctl
 from tests.support.rollout import put_report
 from tests.support.stack import wait_for
@@ -146,3 +148,44 @@ async def test_a_replica_that_stops_cleanly_withdraws_its_report(running):
 
 async def _services(nc, env, predicate) -> bool:
     return predicate({r.service for r in await rollout.reports(nc.jetstream(), env)})
+
+
+async def test_every_report_is_listed_while_the_replicas_rewrite_theirs(stack):
+    """The table is read while replicas report a new version: a replica rewriting its report at
+    that moment must still be listed (a KV watch's initial listing could miss it)."""
+    nc = await nats.connect(stack.infra.nats_url, **stack.infra.nats_options)
+    js = nc.jetstream()
+    kv = await rollout.bucket(js, stack.env)
+    replicas = [f"replica-{i}" for i in range(6)]
+
+    async def report(replica: str, version: int) -> None:
+        doc = ReplicaReport(
+            service="router",
+            replica=replica,
+            version=version,
+            config_version=str(version),
+            reported_at=time.time(),
+            heartbeat_s=5.0,
+        )
+        await kv.put(f"router.{replica}", doc.model_dump_json().encode())
+
+    for replica in replicas:
+        await report(replica, 1)
+    listed = []
+
+    async def read() -> None:
+        for _ in range(40):
+            listed.append(sorted(r.replica for r in await rollout.reports(js, stack.env)))
+
+    async def churn() -> None:
+        version = 1
+        while len(listed) < 40:
+            version += 1
+            for replica in replicas:
+                await report(replica, version)
+
+    try:
+        await asyncio.gather(read(), churn())
+    finally:
+        await nc.close()
+    assert all(names == replicas for names in listed), [n for n in listed if n != replicas][:3]

@@ -7,7 +7,9 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 
-SERVICES = ("gateway", "router", "budget", "recorder")
+from services import catalog
+
+SERVICES = tuple(reversed(catalog.NAMES))  # the gateway first
 PROCESSES = (*SERVICES, "simulator", "litellm", "nats", "redis", "postgres", "loadgen")
 RSS_LIMIT_MB = 200.0
 

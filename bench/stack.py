@@ -22,10 +22,11 @@ import nats
 import redis.asyncio as aioredis
 import yaml
 
+from services import catalog
 from shared import keys, names
 
 REPO = Path(__file__).resolve().parents[1]
-SERVICES = ("recorder", "router", "budget", "gateway")  # started in this order, stopped in reverse
+SERVICES = catalog.NAMES  # started in this order, stopped in reverse
 INFRA = {"nats": ("nats-server",), "redis": ("redis-server",), "postgres": ("postgres", "postmaster")}
 KEYS = {"SB_OPENAI_SIM_API_KEY": "sk-bench-openai", "SB_ANTHROPIC_SIM_API_KEY": "sk-bench-anthropic"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -245,6 +246,7 @@ class Stack:
             self.version = await self.apply_policy()
         for name in SERVICES:
             env = {**self.base_env, "SB_HTTP_PORT": str(self.ports[name]), "SB_LOG_LEVEL": log_level}
+            env |= {f"SB_{field.upper()}": str(free_port()) for field in catalog.entry(name).other_ports}
             self._spawn(name, env)
         for name in SERVICES:
             await self._wait_http(name, "/readyz")

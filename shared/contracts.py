@@ -550,6 +550,194 @@ AnyEvent = Annotated[
 ]
 
 
+# --- gateway <-> hitl ------------------------------------------------------------------
+
+
+class ReviewStage(StrEnum):
+    PRE = "pre"  # held before any model is called
+    POST = "post"  # the model's output held before it reaches the agent
+
+
+class ReviewState(StrEnum):
+    PENDING = "pending"  # waiting for a reviewer (or its timeout)
+    APPROVED = "approved"  # by reviewers, or by a timeout whose action is approve
+    REJECTED = "rejected"  # by a reviewer, or by a timeout whose action is reject
+    ESCALATED = "escalated"  # closed here; a new review continues in another queue
+
+
+class DeciderKind(StrEnum):
+    HUMAN = "human"  # a reviewer, identified by their token
+    SYSTEM = "system"  # a timeout: never counted as consent by a person
+
+
+class OpenReview(Strict):
+    """gateway -> hitl: hold this invocation; stored durably before the agent is told."""
+
+    invocation_id: Identifier
+    stage: ReviewStage
+    rule: str
+    queue: str
+    matched: dict[str, MetadataValue | None] = Field(default_factory=dict)
+    config_version: str | None = None
+    request: InvokeRequest
+    held: InvokeResult | None = None  # post gate: the result the agent does not get yet
+    trace_id: str | None = None
+
+
+class ReviewOpened(Open):
+    review_id: str = ""
+    queue: str = ""
+    deadline: float = 0.0  # unix seconds
+    error: ErrorInfo | None = None
+
+
+class ResumeRequest(Strict):
+    """hitl -> gateway: a review is decided; act on it (exactly once per review)."""
+
+    review_id: str
+    stage: ReviewStage
+    decision: Literal[ReviewState.APPROVED, ReviewState.REJECTED]
+    decided_by: str
+    decided_kind: DeciderKind
+    reason: str | None = None
+    request: InvokeRequest  # as the agent sent it
+    edited_messages: list[Message] | None = None  # pre gate: a reviewer's edit, sent instead
+    held: InvokeResult | None = None  # post gate: with a reviewer's edit of the output applied
+
+
+class ResumeReply(Open):
+    result: InvokeResult | None = None
+    error: ErrorInfo | None = None
+
+
+class ReviewLookup(Strict):
+    invocation_id: Identifier
+
+
+class ReviewStatus(Open):
+    """Where a held invocation stands: its latest review, and its final result once there is one."""
+
+    invocation_id: str
+    found: bool = False
+    review_id: str | None = None
+    state: ReviewState | None = None
+    queue: str | None = None
+    result: InvokeResult | None = None
+    error: ErrorInfo | None = None
+
+
+# --- operators <-> hitl (sbctl hitl) ------------------------------------------------------
+
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL: refused as invalid, not failed on
+Text200 = Annotated[str, StringConstraints(max_length=200, pattern=NO_NUL)]
+
+
+class ReviewerAdd(Strict):
+    name: Identifier
+    queues: list[Identifier] = Field(min_length=1, max_length=64)
+    by: Text200
+
+
+class ReviewerRevoke(Strict):
+    name: Identifier
+    by: Text200
+
+
+class ReviewerList(Strict):
+    pass
+
+
+class Reviewer(Open):
+    name: str
+    queues: list[str]
+    created_at: float
+    created_by: str
+    revoked_at: float | None = None
+    token: str | None = None  # only in the reply that issued it
+
+
+class ReviewersReply(Open):
+    reviewers: list[Reviewer] = Field(default_factory=list)
+    error: ErrorInfo | None = None
+
+
+class QueuesRequest(Strict):
+    pass
+
+
+class QueueState(Open):
+    queue: str
+    owner: str
+    depth: int
+    oldest_age_s: float | None = None
+    sla_s: int
+    late: int = 0  # pending reviews past their SLA
+    sla_state: Literal["ok", "late", "empty"]
+    on_timeout: str
+    timeout_s: int
+
+
+class QueuesReply(Open):
+    queues: list[QueueState] = Field(default_factory=list)
+    error: ErrorInfo | None = None
+
+
+class PendingRequest(Strict):
+    queue: Identifier
+    limit: int = Field(default=100, gt=0, le=1000)
+
+
+class ReviewSummary(Open):
+    review_id: str
+    invocation_id: str
+    queue: str
+    stage: ReviewStage
+    workflow: str
+    agent: str | None = None
+    rule: str
+    matched: dict = Field(default_factory=dict)
+    requested_at: float
+    age_s: float
+    sla_deadline: float
+    deadline: float
+    sla_state: Literal["ok", "late"]
+    claimed_by: str | None = None
+    approvals: list[str] = Field(default_factory=list)
+
+
+class PendingReply(Open):
+    reviews: list[ReviewSummary] = Field(default_factory=list)
+    error: ErrorInfo | None = None
+
+
+class QueueOp(Strict):
+    """`extend` moves every pending deadline of a queue by `by_s`; `reassign` moves its pending
+    reviews to queue `to` (whose timeout applies from now). Recorded with who and why."""
+
+    op: Literal["extend", "reassign"]
+    queue: Identifier
+    by_s: int | None = Field(default=None, gt=0, le=30 * 86400)
+    to: Identifier | None = None
+    actor: Text200
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=1000, pattern=NO_NUL)]
+
+
+class QueueOpReply(Open):
+    affected: int = 0
+    error: ErrorInfo | None = None
+
+
+class ExportRequest(Strict):
+    since: float  # unix seconds, inclusive
+    until: float  # unix seconds, exclusive
+
+
+class ExportReply(Open):
+    csv: str = ""
+    rows: int = 0
+    error: ErrorInfo | None = None
+
+
 # --- recorder -------------------------------------------------------------------------
 
 

@@ -77,6 +77,12 @@ class RouterUnavailable(Unavailable):
     code = "router_unavailable"
 
 
+class ReviewUnavailable(Unavailable):
+    """A gated invocation could not be stored for review: refused, never let through unreviewed."""
+
+    code = "review_unavailable"
+
+
 class NoRoute(SwitchboardError):
     """Every tier of the workflow is blocked or out of headroom."""
 
@@ -95,6 +101,30 @@ class AllTiersFailed(SwitchboardError):
 
 class NotFound(SwitchboardError):
     code = "not_found"
+
+
+class Unauthorized(SwitchboardError):
+    """No credential, or one that is unknown or revoked."""
+
+    code = "unauthorized"
+
+
+class Forbidden(SwitchboardError):
+    """A known caller acting outside what it may do (a reviewer outside the review's queue)."""
+
+    code = "forbidden"
+
+
+class Conflict(SwitchboardError):
+    """The target is no longer in a state that allows the action (a review already decided)."""
+
+    code = "conflict"
+
+
+class ReviewRejected(SwitchboardError):
+    """A reviewer, or a review timeout whose action is reject, refused the invocation."""
+
+    code = "review_rejected"
 
 
 class PolicyError(SwitchboardError):

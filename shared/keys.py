@@ -69,3 +69,8 @@ def circuit_open(env: str, provider: str) -> str:
 def quota(env: str, scope: str) -> str:
     """router: this minute's request and token counts of a provider or provider/model."""
     return f"sb:{env}:router:quota:{scope}"
+
+
+def resume(env: str, review_id: str) -> str:
+    """gateway: a decided review being acted on (in-flight marker), then its final result."""
+    return f"sb:{env}:resume:{review_id}"

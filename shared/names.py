@@ -16,6 +16,7 @@ ROUTER_QUEUE = "router"
 BUDGET_QUEUE = "budget"
 GATEWAY_QUEUE = "gateway"
 RECORDER_QUEUE = "recorder"
+HITL_QUEUE = "hitl"
 
 CONFIG_KEY = "policy"
 RECORDER_DURABLE = "recorder"
@@ -142,3 +143,13 @@ def switches_bucket(env: str) -> str:
 def rollout_bucket(env: str) -> str:
     """The KV bucket where every replica reports the policy version it runs or rejected."""
     return f"sb_{env}_rollout".replace("-", "_")
+
+
+def hitl(env: str, op: str) -> str:
+    """hitl requests: open, status, reviewers.add|revoke|list, queues, pending, queue_op, export."""
+    return f"sb.{env}.hitl.{op}"
+
+
+def gateway_resume(env: str) -> str:
+    """hitl -> gateway: act on a decided review (queue group `gateway`)."""
+    return f"sb.{env}.gateway.resume"

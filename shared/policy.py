@@ -33,6 +33,7 @@ from pydantic import (
 
 from shared import names, tokens
 from shared.contracts import Degradation
+from shared.review_policy import QueueName, QueueSpec, RuleSpec, check_review_policy
 from shared.settings import Settings
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
@@ -40,7 +41,7 @@ Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,6
 WorkflowName = Annotated[str, StringConstraints(pattern=names.WORKFLOW_PATTERN.pattern)]
 # An agent name is a subject token too (sb.<env>.agent.<agent>.invoke.<workflow>).
 AgentName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
-SECTIONS = ("providers", "workflows", "agents")
+SECTIONS = ("providers", "workflows", "agents", "review_queues", "review_rules")
 _ENV_REF = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -188,6 +189,8 @@ class Policy(Spec):
     providers: dict[Name, ProviderSpec] = Field(min_length=1)
     workflows: dict[WorkflowName, WorkflowSpec] = Field(min_length=1)
     agents: dict[AgentName, AgentSpec] = Field(default_factory=dict)
+    review_queues: dict[QueueName, QueueSpec] = Field(default_factory=dict)
+    review_rules: dict[Name, RuleSpec] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _tiers_name_known_models(self, info: ValidationInfo) -> Policy:
@@ -195,6 +198,9 @@ class Policy(Spec):
         problems = deployment.problems(self.providers) + cross_reference_problems(
             self.model_dump(mode="json")
         )
+        passthrough = {w for w, spec in self.workflows.items() if spec.degradation is Degradation.PASSTHROUGH}
+        reviews = check_review_policy(self.review_queues, self.review_rules, passthrough)
+        problems += [tuple(p.split(": ", 1)) for p in reviews]
         if problems:
             raise ValueError("; ".join(f"{path}: {message}" for path, message in problems))
         return self

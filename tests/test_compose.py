@@ -11,10 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from services.budget.service import BudgetSettings
-from services.gateway.service import GatewaySettings
-from services.recorder.service import RecorderSettings
-from services.router.service import RouterSettings
+from services import catalog
 from shared.policy import load_dir_or_raise
 from shared.settings import Settings
 from tests.support.servers import nats_server_binary
@@ -22,14 +19,8 @@ from tests.support.stack import REPO
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
-SETTINGS = {
-    "services.gateway": GatewaySettings,
-    "services.router": RouterSettings,
-    "services.budget": BudgetSettings,
-    "services.recorder": RecorderSettings,
-    "shared.migrate": Settings,
-}
-SWITCHBOARD = ("gateway", "router", "budget", "recorder")
+SETTINGS = {f"services.{e.name}": e.settings_class for e in catalog.SERVICES} | {"shared.migrate": Settings}
+SWITCHBOARD = catalog.NAMES
 
 
 def module_of(service: dict) -> str | None:
@@ -233,3 +224,12 @@ def test_dev_secrets_make_a_valid_nats_server_configuration(tmp_path):
         text=True,
     )
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_every_other_listening_port_is_set_and_published_as_its_settings_default():
+    for entry in catalog.SERVICES:
+        env = sb_env(SERVICES[entry.name])
+        for field in entry.other_ports:
+            port = entry.ports[field]
+            assert int(env[f"SB_{field.upper()}"]) == port, (entry.name, field)
+            assert f"127.0.0.1:{port}:{port}" in SERVICES[entry.name].get("ports", []), (entry.name, field)

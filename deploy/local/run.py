@@ -1,6 +1,7 @@
 """Run the whole system locally: every service as its own process, a Prometheus scraping them
 with the shipped alerts loaded, the example policy applied, a demo workload across two workflows
-(with a forced fallback and a budget refusal), a summary and what `sbctl stats` and
+(with a forced fallback and a budget refusal), two refunds held for review (one approved through
+the reviewer API, one left to time out), a summary and what `sbctl stats` and
 `sbctl invocations` make of it, then serve until Ctrl-C (or exit after the demo with
 --exit-after-demo) and stop every process.
 
@@ -25,23 +26,27 @@ import sys
 import time
 import urllib.request
 from collections import Counter, defaultdict
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+import httpx  # noqa: E402
+import yaml  # noqa: E402
+
+from services import catalog  # noqa: E402
 from shared.sdk import Client  # noqa: E402
 from shared.simctl import SimulatorControl  # noqa: E402
 
-SERVICES = {  # name -> port env var, port
+SERVICES = {  # name -> port env var, port (every service's own from services/catalog.py)
     "simulator": ("SB_SIM_PORT", 9180),
-    "recorder": ("SB_HTTP_PORT", 9104),
-    "router": ("SB_HTTP_PORT", 9102),
-    "budget": ("SB_HTTP_PORT", 9103),
-    "gateway": ("SB_HTTP_PORT", 9101),
+    **{e.name: ("SB_HTTP_PORT", e.ports["http_port"]) for e in catalog.SERVICES},
 }
 PROMETHEUS_PORT = 9190
 ALERTS = REPO / "deploy/prometheus/alerts.yml"
+OTHER_PORTS = [p for e in catalog.SERVICES for f, p in e.ports.items() if f != "http_port"]
+HITL_API = f"http://127.0.0.1:{catalog.entry('hitl').ports['api_port']}"
 DEMO_KEYS = {"SB_OPENAI_SIM_API_KEY": "sk-demo-openai", "SB_ANTHROPIC_SIM_API_KEY": "sk-demo-anthropic"}
 PROMPTS = [
     "Customer says the invoice total is wrong after the plan change.",
@@ -262,6 +267,67 @@ async def demo(env: dict[str, str], count: int) -> list:
     return results
 
 
+def sbctl_out(env: dict[str, str], *args: str) -> str:
+    shown = subprocess.run(
+        [sys.executable, "-m", "shared.sbctl", *args, "--env", env["SB_ENV"]],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return shown.stdout
+
+
+def review_demo(env: dict[str, str], run_dir: Path) -> list:
+    """Two refunds held by the `large-refund` review gate: one approved by a reviewer through the
+    HTTP API, one left alone until its timeout escalates it and the next queue's rejects it."""
+    demo_config = run_dir / "demo-config"
+    shutil.rmtree(demo_config, ignore_errors=True)
+    shutil.copytree(REPO / "config", demo_config)
+    reviews = yaml.safe_load((demo_config / "reviews.yaml").read_text())
+    for queue in reviews["review_queues"].values():
+        queue.update(timeout_s=5, sla_s=3)
+    (demo_config / "reviews.yaml").write_text(yaml.safe_dump(reviews, sort_keys=False))
+    log("review gates: review timeouts shortened to 5 s for the demo (policy version 2)")
+    sbctl_out(env, "config", "apply", str(demo_config), "--by", "demo")
+    reviewer = f"demo-reviewer-{int(time.time())}"  # a new one each run: a token is shown only once
+    added = sbctl_out(env, "hitl", "reviewers", "add", reviewer, "--queues", "payments", "--json")
+    issued = json.loads(added)
+    started = datetime.now(UTC) - timedelta(seconds=1)
+    results = asyncio.run(_reviews(env, issued["token"]))
+    audit = run_dir / "hitl-audit.csv"
+    until = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    log(f"the review audit as CSV: sbctl hitl export --from {started.isoformat()} --to {until} --out {audit}")
+    sbctl_out(env, "hitl", "export", "--from", started.isoformat(), "--to", until, "--out", str(audit))
+    print(audit.read_text(), flush=True)
+    return results
+
+
+async def _reviews(env: dict[str, str], token: str) -> list:
+    async with Client(env["SB_NATS_URL"], env=env["SB_ENV"], agent="demo-agent") as sb:
+        approved = await sb.invoke(
+            "refunds", "Refund order 1042: the parcel never arrived.", metadata={"amount": 900}
+        )
+        ignored = await sb.invoke("refunds", "Refund order 1043: changed my mind.", metadata={"amount": 1200})
+        log(
+            f"held for review: {approved.invocation_id} and {ignored.invocation_id} ({approved.status.value})"
+        )
+        print(await asyncio.to_thread(sbctl_out, env, "hitl", "queues"), flush=True)
+        log(f"a reviewer approves {approved.review_id} through the API (POST /v1/reviews/ID/approve)")
+        async with httpx.AsyncClient(base_url=HITL_API, headers={"Authorization": f"Bearer {token}"}) as http:
+            (
+                await http.post(f"/v1/reviews/{approved.review_id}/approve", json={"comment": "parcel lost"})
+            ).raise_for_status()
+        final_approved = await sb.result(approved.invocation_id, wait=30)
+        log(f"{approved.invocation_id}: {final_approved.status.value} via {final_approved.provider}")
+        log("nobody looks at the other: it times out, escalates to payments-leads, and times out there")
+        final_ignored = await sb.result(ignored.invocation_id, wait=30)
+        reason = final_ignored.error.message if final_ignored.error else ""
+        log(f"{ignored.invocation_id}: {final_ignored.status.value} ({reason})")
+    return [final_approved, final_ignored]
+
+
 def summary(results: list) -> str:
     groups: dict[tuple[str, str], list] = defaultdict(list)
     for r in results:
@@ -302,6 +368,7 @@ def main() -> None:
         env.setdefault(key, value)
     busy = [f"{n} ({p})" for n, (_, p) in SERVICES.items() if port_busy(p)]
     busy += [f"prometheus ({PROMETHEUS_PORT})"] if port_busy(PROMETHEUS_PORT) else []
+    busy += [str(p) for p in OTHER_PORTS if port_busy(p)]
     if busy:
         raise SystemExit(f"ports already in use: {', '.join(busy)} - is another `make run` running?")
 
@@ -328,6 +395,7 @@ def main() -> None:
             check=True,
         )
         results = asyncio.run(demo(env, args.invocations))
+        results += review_demo(env, log_dir.parent)
         if args.auth:
             asyncio.run(show_refusal(env))
         print("\n" + summary(results) + "\n", flush=True)

@@ -1,13 +1,17 @@
-"""One invocation's path through the gateway: reserve, then plan, walk the tiers, then settle,
-emit events, log one line and count it.
+"""One invocation's path through the gateway, as steps: admit (claim the id), reserve, pre review
+gate, plan, call the tiers, post review gate; then (in the service) store, reply and record.
+A review gate is one step: it stores the review and answers `pending_review`; the decision comes
+back as a resume, which runs the rest of the steps for that invocation.
 
 The reservation is decided before the router is asked: the router debits a provider's
 per-minute quota when it hands out a tier, so a call the budget refuses must never reach it."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from opentelemetry import trace
@@ -15,22 +19,31 @@ from opentelemetry.trace import SpanKind, StatusCode
 from redis.exceptions import RedisError
 
 from services.gateway import access_log
+from services.gateway.admission import admit
+from services.gateway.gates import Facts, Match
+from services.gateway.idempotency import Replay
 from shared import errors, names, pricing, provider_state, tokens
 from shared.contracts import (
     Attempt,
     AttemptEvent,
     AttemptOutcome,
     BudgetUnavailableEvent,
+    DeciderKind,
     ErrorInfo,
     FallbackEvent,
     InvocationEvent,
     InvokeRequest,
     InvokeResult,
+    OpenReview,
     Plan,
     PlannedTier,
     PlanRequest,
     Reservation,
     ReserveRequest,
+    ResumeRequest,
+    ReviewOpened,
+    ReviewStage,
+    ReviewState,
     SettleRequest,
     Status,
     TierOutcome,
@@ -50,6 +63,10 @@ _tracer = tracing.tracer("switchboard.gateway")
 
 
 class Invocation:
+    """One invocation's life as an ordered list of steps. A step may set `result` (the answer so
+    far) and may end the walk (`done`: refused, held for review); `run` is the one guard around
+    them that always settles the budget: actual usage after a call, nothing otherwise."""
+
     def __init__(
         self,
         gw: GatewayService,
@@ -57,6 +74,9 @@ class Invocation:
         active: ActivePolicy,
         workflow: WorkflowSpec,
         started: float,
+        *,
+        resume: ResumeRequest | None = None,
+        refusal: errors.SwitchboardError | None = None,
     ) -> None:
         self.gw = gw
         self.bus = gw.bus
@@ -65,33 +85,120 @@ class Invocation:
         self.active = active
         self.workflow = workflow
         self.started = started
+        self.resume = resume
+        self.refusal = refusal  # identity or agent policy said no: answered once the id is claimed
         self.trace_id = tracing.trace_id_hex()
         trace.get_current_span().set_attributes(
             {"switchboard.invocation_id": req.invocation_id, "switchboard.workflow": req.workflow}
         )
         self.reservation: Reservation | None = None
         self.estimate = 0
+        self.result: InvokeResult | None = None
+        self.done = False  # a step answered for good: the rest do not run
+        self.replay: bytes | None = None  # a retry of a finished invocation: its first reply
+        self.digest: bytes | None = None  # the claimed id's request fingerprint (idempotency)
+        self.keep = True  # store the answer against the id (a dependency's refusal is not kept)
+        self._began = False
+        self._plan_now: Plan | None = None
+        self._params: CallParams | None = None
+        self._used: tuple[Usage | None, str | None] = (None, None)  # what this process's call used
+        self._called = False  # this process walked the tiers (its attempts are its to record)
 
-    # --- the call ---------------------------------------------------------------------
+    def steps(self) -> list[Callable[[], Awaitable[None]]]:
+        """The path of a new invocation, or of one resumed after its review was decided."""
+        if self.resume is None:
+            return [self.admit, self.reserve, self.pre_gate, self.plan, self.call_tiers, self.post_gate]
+        if self.resume.decision is ReviewState.REJECTED:
+            return [self.rejected]
+        if self.resume.stage is ReviewStage.POST:
+            return [self.release]
+        return [self.reserve, self.plan, self.call_tiers, self.post_gate]
 
-    async def execute(self) -> InvokeResult:
-        """Run the invocation whose id this gateway has claimed (see `Idempotency.begin`)."""
+    async def run(self) -> InvokeResult | None:
+        """Run the steps until one answers; None when the answer is a replay (`self.replay`)."""
+        try:
+            for step in self.steps():
+                await step()
+                if self.done:
+                    break
+        except Replay as replay:
+            self.replay = replay.stored
+            return None
+        except (errors.DuplicateInFlight, errors.IdempotencyConflict):
+            raise  # the id is another call's: nothing was reserved, nothing is forgotten
+        except errors.Paused as exc:  # refused before it started: nothing reserved, nothing called
+            await self._forget()
+            self.result = self._result(Status.REJECTED, error=errors.to_wire(exc))
+        except errors.SwitchboardError as exc:
+            # Refused by a dependency (the budget unavailable and the workflow fail_closed, a router
+            # error, the review store down): answered and recorded like any invocation, and
+            # retryable by its id.
+            await self._forget()
+            self.result = self.failed(exc)
+        except BaseException:
+            await self._forget()
+            raise
+        finally:
+            await self.settle(*self._used)
+        return self.result
+
+    def _answer(self, result: InvokeResult) -> None:
+        self.result, self.done = result, True
+
+    async def _forget(self) -> None:
+        self.keep = False
+        if self._began:
+            await self.gw.idempotency.forget(self.req.invocation_id)
+
+    # --- the steps --------------------------------------------------------------------
+
+    async def admit(self) -> None:
+        """Claim the invocation id first: a replay, a duplicate in flight or a conflicting request
+        reserves nothing and takes no tier (see `Idempotency.begin`)."""
+        in_flight_ttl = sum(t.timeout_ms for t in self.workflow.tiers) / 1000 + 30
+        self.digest = await self.gw.idempotency.begin(self.req, in_flight_ttl)
+        self._began = True
+        if self.refusal is not None:
+            raise self.refusal
+        admit(self.gw.switches.current, self.req)  # an operator's stop switch raises Paused
+
+    async def reserve(self) -> None:
+        """The budget decides first: a refused call never reaches the router (nor a reviewer)."""
         req = self.req
         self.estimate = self._estimate()
         reservation = await self._reserve()
         self.reservation = reservation  # held until settled, even if planning fails
         if not reservation.allowed:
-            return self._refused(reservation)
-        plan = await self._plan(0)
-        params = CallParams(
+            self._answer(self._refused(reservation))
+            return
+        self._params = CallParams(
             max_tokens=reservation.max_tokens or req.max_tokens or 1,
             temperature=req.temperature,
             top_p=req.top_p,
             stop=req.stop,
         )
+
+    async def plan(self) -> None:
+        """The router's plan; asked after the pre gate, as it debits quota when it hands out a tier."""
+        self._plan_now = await self._plan(0)
+
+    async def pre_gate(self) -> None:
+        """Hold the invocation for review before any model is called, if a pre rule matches."""
+        if not self.gw.gates.applies(self.req.workflow, ReviewStage.PRE):
+            return
+        match = self.gw.gates.first_match(ReviewStage.PRE, self._facts())
+        if match is not None:
+            await self.settle()  # plan and budget are decided again when the review is
+            self._answer(await self._hold(match, held=None))
+
+    async def call_tiers(self) -> None:
+        """Walk the plan's tiers, asking the router again from where it left off."""
+        req, plan, params = self.req, self._plan_now, self._params
+        assert plan is not None and params is not None
         attempts: list[Attempt] = []
         failure: ProviderCallError | None = None
         tried = False
+        self._called = True
         while True:
             attempts += [
                 Attempt(
@@ -109,7 +216,11 @@ class Invocation:
                 attempt, completion, failure = await self._try(tier, params)
                 attempts.append(attempt)
                 if completion is not None:
-                    return self._result(
+                    usage = Usage(
+                        prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens
+                    )
+                    self._used = (usage, tier.model)
+                    self.result = self._result(
                         Status.SUCCESS if attempt.tier == 0 else Status.FALLBACK,
                         attempts=attempts,
                         provider=tier.provider,
@@ -121,6 +232,7 @@ class Invocation:
                             completion_tokens=completion.completion_tokens,
                         ),
                     )
+                    return
                 if not failure.fallback:
                     break
             if (failure is not None and not failure.fallback) or plan.next_tier is None:
@@ -132,14 +244,107 @@ class Invocation:
             error = errors.NoRoute(f"no tier of {req.workflow!r} can be tried now")
         else:
             error = errors.AllTiersFailed(f"every tier of {req.workflow!r} failed")
-        return self._result(Status.ERROR, attempts=attempts, error=errors.to_wire(error))
+        self.result = self._result(Status.ERROR, attempts=attempts, error=errors.to_wire(error))
+
+    async def post_gate(self) -> None:
+        """Hold a model's output for review before the agent gets it, if a post rule matches."""
+        result = self.result
+        if result is None or result.status not in (Status.SUCCESS, Status.FALLBACK):
+            return
+        if not self.gw.gates.applies(self.req.workflow, ReviewStage.POST):
+            return
+        match = self.gw.gates.first_match(ReviewStage.POST, self._facts(result.provider, result.model))
+        if match is not None:
+            self._answer(await self._hold(match, held=result))
+
+    async def rejected(self) -> None:
+        """A review said no: a final result naming who decided and why; no model is called."""
+        resume = self.resume
+        who = "a review timeout" if resume.decided_kind is DeciderKind.SYSTEM else resume.decided_by
+        held = resume.held
+        self.result = self._result(
+            Status.REJECTED,
+            review_id=resume.review_id,
+            provider=held.provider if held else None,
+            model=held.model if held else None,
+            usage=held.usage if held else Usage(),
+            attempts=held.attempts if held else [],
+            error=errors.to_wire(
+                errors.ReviewRejected(
+                    f"rejected by {who}: {resume.reason or 'no reason given'}",
+                    details=[{"decided_by": resume.decided_by, "decided_kind": resume.decided_kind.value}],
+                )
+            ),
+        )
+
+    async def release(self) -> None:
+        """A post review approved: the held output (as the reviewer left it) goes to the agent."""
+        held = self.resume.held
+        assert held is not None
+        self.result = held.model_copy(
+            update={
+                "review_id": self.resume.review_id,
+                "latency_ms": round((time.perf_counter() - self.started) * 1000, 3),
+            }
+        )
+
+    # --- review gates -----------------------------------------------------------------
+
+    def _facts(self, provider: str | None = None, model: str | None = None) -> Facts:
+        """Before the call, provider and model are the workflow's first tier (the router has not
+        been asked yet); after it, the tier that answered."""
+        if provider is None:
+            provider, model = self.workflow.tiers[0].provider, self.workflow.tiers[0].model
+        spec = self.active.policy.providers.get(provider)
+        prices = spec.models.get(model) if spec else None
+        out_tokens = self._params.max_tokens if self._params else (self.req.max_tokens or 0)
+        cost = (
+            (self.estimate * prices.input_usd_per_mtok + out_tokens * prices.output_usd_per_mtok) / 1e6
+            if prices
+            else 0.0
+        )
+        return Facts(
+            workflow=self.req.workflow,
+            agent=self.req.agent,
+            provider=provider,
+            model=model,
+            metadata=self.req.metadata,
+            estimated_tokens=self.estimate + out_tokens,
+            estimated_cost_usd=cost,
+        )
+
+    async def _hold(self, match: Match, held: InvokeResult | None) -> InvokeResult:
+        """Store the review durably (the hitl service) before the agent hears anything."""
+        opened = await self.bus.request(
+            names.hitl(self.env, "open"),
+            OpenReview(
+                invocation_id=self.req.invocation_id,
+                stage=match.stage,
+                rule=match.rule,
+                queue=match.queue,
+                matched=match.matched,
+                config_version=self.active.version,
+                request=self.req,
+                held=held,
+                trace_id=self.trace_id,
+            ),
+            ReviewOpened,
+            timeout=self.gw.settings.review_timeout_s,
+            unavailable=errors.ReviewUnavailable,
+        )
+        if opened.error is not None:
+            raise errors.ReviewUnavailable(f"the review could not be stored: {opened.error.message}")
+        return self._result(
+            Status.PENDING_REVIEW,
+            review_id=opened.review_id,
+            provider=held.provider if held else None,
+            model=held.model if held else None,
+            usage=held.usage if held else Usage(),
+            attempts=held.attempts if held else [],
+        )
 
     def failed(self, exc: errors.SwitchboardError) -> InvokeResult:
         return self._result(Status.ERROR, error=errors.to_wire(exc))
-
-    def rejected(self, exc: errors.SwitchboardError) -> InvokeResult:
-        """Refused before it started (a stop switch): nothing reserved, no provider called."""
-        return self._result(Status.REJECTED, error=errors.to_wire(exc))
 
     def _refused(self, reservation: Reservation) -> InvokeResult:
         breach = reservation.breach
@@ -329,6 +534,8 @@ class Invocation:
     # --- after the reply --------------------------------------------------------------
 
     def _result(self, status: Status, **fields) -> InvokeResult:
+        if self.resume is not None:
+            fields.setdefault("review_id", self.resume.review_id)
         return InvokeResult(
             invocation_id=self.req.invocation_id,
             status=status,
@@ -340,10 +547,12 @@ class Invocation:
         )
 
     async def settle(self, usage: Usage | None = None, model: str | None = None) -> None:
-        """Turn the budget reservation into actual usage (none releases it all). The first send
-        only enters the connection's buffer, so whatever is published after it on the same
-        connection (the reply) is sent after it; `Settler` repeats it until acknowledged."""
-        if self.reservation is None or not self.reservation.reserved_tokens:
+        """Turn the budget reservation into actual usage (none releases it all), once: a second
+        call does nothing. The first send only enters the connection's buffer, so whatever is
+        published after it on the same connection (the reply) is sent after it; `Settler`
+        repeats it until acknowledged."""
+        reservation, self.reservation = self.reservation, None
+        if reservation is None or not reservation.reserved_tokens:
             return
         req = self.req
         settle = SettleRequest(
@@ -351,7 +560,7 @@ class Invocation:
             workflow=req.workflow,
             session_id=req.session_id,
             agent=req.agent,
-            reserved_tokens=self.reservation.reserved_tokens,
+            reserved_tokens=reservation.reserved_tokens,
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,
             model=model,
@@ -384,10 +593,11 @@ class Invocation:
             "trace_id": self.trace_id,
             "config_version": self.active.version,
         }
-        tried = [a for a in result.attempts if a.outcome is not AttemptOutcome.SKIPPED]
+        mine = result.attempts if self._called else []  # a released review's were recorded before
+        tried = [a for a in mine if a.outcome is not AttemptOutcome.SKIPPED]
         for a in tried:
             bus.emit_later(AttemptEvent(**common, **a.model_dump(exclude={"source"})))
-        for before, after in zip(result.attempts, result.attempts[1:], strict=False):
+        for before, after in itertools.pairwise(mine):
             if before.outcome is AttemptOutcome.OK or before.outcome is AttemptOutcome.CLIENT_ERROR:
                 break
             skipped = before.outcome is AttemptOutcome.SKIPPED
@@ -438,10 +648,11 @@ class Invocation:
         provider, model = result.provider or "", result.model or ""
         metrics.INVOCATIONS.labels(req.workflow, result.status.value, provider, model).inc()
         metrics.INVOCATION_LATENCY.labels(req.workflow, result.status.value).observe(result.latency_ms / 1000)
-        if usage.prompt_tokens or usage.completion_tokens:
-            metrics.TOKENS.labels(req.workflow, provider, model, "prompt").inc(usage.prompt_tokens)
-            metrics.TOKENS.labels(req.workflow, provider, model, "completion").inc(usage.completion_tokens)
-        if cost:
+        spent, _ = self._used  # tokens this process spent (not a released review's)
+        if spent is not None and (spent.prompt_tokens or spent.completion_tokens):
+            metrics.TOKENS.labels(req.workflow, provider, model, "prompt").inc(spent.prompt_tokens)
+            metrics.TOKENS.labels(req.workflow, provider, model, "completion").inc(spent.completion_tokens)
+        if cost and spent is not None:
             metrics.SPEND.labels(req.workflow, provider, model).inc(cost)
         access_log.invocation(
             req, result, estimate=self.estimate, attempts=len(tried), trace_id=self.trace_id

@@ -1,6 +1,7 @@
 """gateway: the data plane. Takes invocation requests, claims their id (idempotency), asks the
-budget and then the router, calls providers down the fallback chain, stores and settles the
-result, replies, and records what happened."""
+budget and then the router, holds gated ones for review, calls providers down the fallback chain,
+stores and settles the result, replies, and records what happened; resumes a held invocation
+once its review is decided."""
 
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ import orjson
 from nats.aio.msg import Msg
 
 from services.gateway import access_log, identity
-from services.gateway.admission import admit
-from services.gateway.idempotency import Idempotency, Replay
+from services.gateway.gates import Gates
+from services.gateway.idempotency import Idempotency, fingerprint
 from services.gateway.invocation import Invocation
 from services.gateway.outcomes import OutcomeReporter
+from services.gateway.resumes import Resumes
 from services.gateway.settling import Settler
 from shared import codec, errors, names
-from shared.contracts import InvokeRequest, InvokeResult, Status
+from shared.contracts import InvokeRequest, InvokeResult, ResumeReply, ResumeRequest, Status
 from shared.providers import ProviderPool
 from shared.service import Service
 from shared.settings import Settings
@@ -32,6 +34,8 @@ log = logging.getLogger("switchboard.gateway")
 class GatewaySettings(Settings):
     http_port: int = 9101
     control_timeout_s: float = 1.0  # how long router and budget may take to answer
+    review_timeout_s: float = 5.0  # how long the hitl service may take to store a review
+    resume_ttl_s: float = 7 * 86400  # how long a decided review's result is kept against a re-ask
 
 
 class GatewayService(Service):
@@ -53,12 +57,36 @@ class GatewayService(Service):
         self.settler = Settler(self.bus, self.settings.env)
         await self.settler.start()
         stack.push_async_callback(self.settler.close, self.settings.drain_timeout_s)
+        self.resumes = Resumes(self.redis, self.settings.env)
+        self._gates: tuple[object, Gates] | None = None
         self.outcomes = OutcomeReporter(self.bus, self.settings.env)
         self.outcomes.successes.start()
         stack.push_async_callback(self.outcomes.successes.close)
         env = self.settings.env
         for subject in (names.invoke_wildcard(env), names.agent_invoke_wildcard(env)):
             await self.bus.serve(subject, names.GATEWAY_QUEUE, InvokeRequest, self.invoke, self._error_reply)
+        await self.bus.serve(
+            names.gateway_resume(self.settings.env),
+            names.GATEWAY_QUEUE,
+            ResumeRequest,
+            self.resume,
+            lambda exc, _raw: ResumeReply(error=errors.to_wire(exc)),
+        )
+
+    @property
+    def gates(self) -> Gates:
+        """The review rules of the active policy, compiled once per version."""
+        policy = self.config.active.policy
+        if self._gates is None or self._gates[0] is not policy:
+            self._gates = (policy, Gates(policy))
+        return self._gates[1]
+
+    def _workflow(self, workflow: str):
+        active = self.config.active
+        spec = active.policy.workflows.get(workflow)
+        if spec is None:
+            raise errors.UnknownWorkflow(f"no workflow named {workflow!r} in policy {active.version}")
+        return active, spec
 
     async def invoke(self, req: InvokeRequest, msg: Msg) -> None:
         started = time.perf_counter()
@@ -66,70 +94,58 @@ class GatewayService(Service):
             raise errors.InvalidRequest(
                 f"workflow {req.workflow!r} does not match the subject {msg.subject!r}"
             )
-        active = self.config.active
-        workflow = active.policy.workflows.get(req.workflow)
-        if workflow is None:
-            raise errors.UnknownWorkflow(f"no workflow named {req.workflow!r} in policy {active.version}")
-        in_flight_ttl = sum(t.timeout_ms for t in workflow.tiers) / 1000 + 30
+        active, workflow = self._workflow(req.workflow)
         req, refusal = identity.admit(req, msg.subject, active.policy)
-        try:
-            digest = await self.idempotency.begin(req, in_flight_ttl)
-        except Replay as replay:  # a retry of a finished invocation: its first reply, nothing else
-            await self.bus.reply_raw(msg, replay.stored)
+        # An identity or agent-policy refusal comes after the id is claimed (the admit step): it
+        # is never recorded under the id of another caller's invocation.
+        run = Invocation(self, req, active, workflow, started, refusal=refusal)
+        result = await run.run()  # settled, whatever happened
+        if result is None:  # a retry of a finished invocation: its first reply, nothing else
+            await self.bus.reply_raw(msg, run.replay)
             access_log.replay(
                 req,
-                codec.decode(replay.stored, InvokeResult),
+                codec.decode(run.replay, InvokeResult),
                 latency_ms=round((time.perf_counter() - started) * 1000, 3),
                 trace_id=tracing.trace_id_hex(),
             )
             return
-        # A duplicate in flight or a conflicting request raises here: it reserved nothing and
-        # took no tier, and the invocation that owns the id is left alone.
-        run = Invocation(self, req, active, workflow, started)
-        if refusal is not None:
-            # Refused by identity or agent policy, after the id was claimed: a refusal is never
-            # recorded under the id of another caller's invocation.
-            await self.idempotency.forget(req.invocation_id)
-            result = run.failed(refusal)
-            run.record(result)
-            await asyncio.sleep(0)  # the events enter the connection's buffer ahead of the reply
-            await self.bus.reply(msg, result)
-            return
-        try:
-            admit(self.switches.current, req)
-        except errors.Paused as exc:  # an operator's stop switch: refused once the id is claimed, too
-            await self.idempotency.forget(req.invocation_id)
-            result = run.rejected(exc)
-            run.record(result)
-            await asyncio.sleep(0)  # the events enter the connection's buffer ahead of the reply
-            await self.bus.reply(msg, result)
-            return
-        try:
-            result = await run.execute()
-        except errors.SwitchboardError as exc:
-            # Refused by a dependency (the budget unavailable and the workflow fail_closed, a router
-            # error): answered, logged and recorded like any invocation, and retryable by its id.
-            await run.settle()
-            await self.idempotency.forget(req.invocation_id)
-            result = run.failed(exc)
-            run.record(result)
-            await asyncio.sleep(0)  # the events enter the connection's buffer ahead of the reply
-            await self.bus.reply(msg, result)
-            return
-        except BaseException:
-            await run.settle()  # nothing was used: release the reservation now, not at its expiry
-            await self.idempotency.forget(req.invocation_id)
-            raise
-        # Settled, recorded and stored before it is sent. The settle and the event publishes
-        # enter the connection's buffer first and are flushed while the reply is being stored,
-        # so a gateway killed once the reply is stored (whether or not it went out) has sent
-        # its settle and audit trail, and a retry is answered from the stored reply.
+        # Settled (by the run), recorded and stored before it is sent (unless a dependency refused
+        # it: retryable by its id). The event publishes enter the connection's buffer first and
+        # are flushed while the reply is being stored, so a gateway killed once the reply is
+        # stored has sent its settle and audit trail, and a retry is answered from the stored reply.
         data = codec.encode(result)
-        await run.settle(result.usage, result.model)
         run.record(result)
         await asyncio.sleep(0)  # the event publishes enter the connection's buffer
-        await self.idempotency.finish(req.invocation_id, digest, data)
+        if run.keep:
+            await self.idempotency.finish(req.invocation_id, run.digest, data)
         await self.bus.reply_raw(msg, data)
+
+    async def resume(self, req: ResumeRequest, _msg: Msg) -> ResumeReply:
+        """A review was decided: run the rest of the invocation once per review, publish the final
+        result on sb.<env>.result.<id>, keep it for retries of the id, and answer the hitl service."""
+        started = time.perf_counter()
+        active, workflow = self._workflow(req.request.workflow)
+        in_flight_ttl = sum(t.timeout_ms for t in workflow.tiers) / 1000 + 30
+        stored = await self.resumes.begin(req.review_id, in_flight_ttl)
+        if stored is not None:  # acted on before (the hitl service did not hear): same answer
+            return ResumeReply(result=codec.decode(stored, InvokeResult))
+        request = req.request
+        if req.edited_messages is not None:  # a reviewer's edit is what goes to the model
+            request = request.model_copy(update={"messages": req.edited_messages})
+        try:
+            run = Invocation(self, request, active, workflow, started, resume=req)
+            result = await run.run()
+        except BaseException:
+            await self.resumes.forget(req.review_id)
+            raise
+        data = codec.encode(result)
+        await self.resumes.finish(req.review_id, data, self.settings.resume_ttl_s)
+        # The agent's retry carries its own request, so the reply is kept under that one's print.
+        await self.idempotency.finish(req.request.invocation_id, fingerprint(req.request), data)
+        run.record(result)
+        await asyncio.sleep(0)  # the events enter the connection's buffer ahead of the result
+        await self.bus.nc.publish(names.result(self.settings.env, request.invocation_id), data)
+        return ResumeReply(result=result)
 
     def _error_reply(self, exc: errors.SwitchboardError, raw: bytes) -> InvokeResult:
         """The answer to a request refused before it ran, logged like every answer."""

@@ -17,6 +17,7 @@ from shared.sbctl import (
     config_cmds,
     drill_cmds,
     history_cmds,
+    hitl_cmds,
     invoke_cmds,
     promote_cmds,
     provider_cmds,
@@ -126,6 +127,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int)
     p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument(
+        "--wait-for-review", type=float, metavar="SECONDS", help="if held for review, wait for the decision"
+    )
     _common(p)
     p.set_defaults(func=invoke_cmds.invoke)
 
@@ -219,6 +223,8 @@ def parser() -> argparse.ArgumentParser:
         p = group.add_parser("status", help="which workflows and agents are paused, by whom and why")
         _common(p)
         p.set_defaults(func=switch_cmds.status)
+
+    hitl_cmds.add_parsers(sub, _common)
     return root
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 from shared import errors, names
@@ -26,12 +27,18 @@ from shared.sdk import Client
 
 
 def _metadata(pairs: list[str]) -> dict:
-    out = {}
+    """KEY=VALUE pairs; a value that reads as a number is one (review rules compare numbers)."""
+    out: dict[str, str | int | float] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
             raise SystemExit(f"--meta takes key=value, got {pair!r}")
-        out[key] = value
+        if re.fullmatch(r"-?\d+", value):
+            out[key] = int(value)
+        elif re.fullmatch(r"-?\d+\.\d+", value):
+            out[key] = float(value)
+        else:
+            out[key] = value
     return out
 
 
@@ -47,6 +54,7 @@ async def invoke(args, settings) -> int:
                 max_tokens=args.max_tokens,
                 metadata=_metadata(args.meta),
                 timeout=args.timeout,
+                wait_for_review=args.wait_for_review,
             )
     except errors.Unavailable as exc:  # the documented exit code 3, as for every command
         fail(exc.message, code=exc.code, as_json=args.json, exit_code=EXIT_UNAVAILABLE)
@@ -60,6 +68,8 @@ async def invoke(args, settings) -> int:
             f"{result.latency_ms:.1f} ms  "
             f"tokens {result.usage.prompt_tokens}+{result.usage.completion_tokens}"
         )
+        if result.review_id and result.status.value == "pending_review":
+            print(f"held for review {result.review_id}; `sbctl invoke --wait-for-review S` waits for it")
         if result.output:
             print(result.output)
         if result.error:

@@ -4,6 +4,7 @@ the workflow's degradation mode when the control plane cannot be reached."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -25,6 +26,9 @@ from shared.contracts import (
     InvokeResult,
     Message,
     PassthroughEvent,
+    ReviewLookup,
+    ReviewStatus,
+    Status,
 )
 from shared.sdk import _direct
 from shared.sdk._journal import Journal
@@ -205,10 +209,14 @@ class Client:
         timeout: float | None = None,
         invocation_id: str | None = None,
         agent: str | None = None,
+        wait_for_review: float | None = None,
         **params,
     ) -> InvokeResult:
         """Send one invocation and return its typed result (any `status`, including `error`).
 
+        A review gate answers `pending_review` with a `review_id`; with `wait_for_review=S` this
+        waits up to S seconds for the final result instead (and returns the pending state if the
+        decision has not come by then; `result(invocation_id)` fetches it later).
         Raises `ControlPlaneUnavailable` when no gateway answers within `timeout` (reuse the
         same `invocation_id` to retry safely: the gateway de-duplicates by it), or when no
         gateway can be reached and the workflow is `fail_closed`. A `passthrough` result has
@@ -224,7 +232,60 @@ class Client:
             metadata=metadata or {},
             **params,
         )
-        return await self.send(request, timeout=timeout)
+        if wait_for_review is None:
+            return await self.send(request, timeout=timeout)
+        async with self._results(request.invocation_id) as final:
+            result = await self.send(request, timeout=timeout)
+            return await final(result, wait_for_review)
+
+    async def result(self, invocation_id: str, *, wait: float | None = None) -> InvokeResult:
+        """The final result of an invocation held for review, or its pending state (waiting up to
+        `wait` seconds for the decision). Raises `NotFound` if it was never held for review."""
+        await self.connect()
+        async with self._results(invocation_id) as final:
+            msg = await self._nc.request(
+                names.hitl(self.env, "status"),
+                codec.encode(ReviewLookup(invocation_id=invocation_id)),
+                timeout=self.default_timeout,
+            )
+            status = codec.decode(msg.data, ReviewStatus)
+            if status.error is not None:
+                raise errors.from_wire(status.error)
+            if not status.found:
+                raise errors.NotFound(f"invocation {invocation_id} was not held for review")
+            current = status.result or InvokeResult(
+                invocation_id=invocation_id, status=Status.PENDING_REVIEW, review_id=status.review_id
+            )
+            return await final(current, wait or 0.0)
+
+    @contextlib.asynccontextmanager
+    async def _results(self, invocation_id: str):
+        """Listen on sb.<env>.result.<id> from before the ask, so no decision is missed; yields
+        `final(current, wait_s)`, which returns the first non-pending result within `wait_s`
+        (at once when the control plane is unreachable: nothing will come)."""
+        nc = await self._link()
+        sub = await nc.subscribe(names.result(self.env, invocation_id)) if nc is not None else None
+
+        async def final(current: InvokeResult, wait_s: float) -> InvokeResult:
+            deadline = time.monotonic() + wait_s
+            while (
+                sub is not None
+                and current.status is Status.PENDING_REVIEW
+                and (left := deadline - time.monotonic()) > 0
+            ):
+                try:
+                    msg = await sub.next_msg(timeout=left)
+                except NatsTimeout:
+                    break
+                current = codec.decode(msg.data, InvokeResult)
+            return current
+
+        try:
+            yield final
+        finally:
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
 
     async def send(self, request: InvokeRequest, *, timeout: float | None = None) -> InvokeResult:
         timeout = timeout or self.default_timeout

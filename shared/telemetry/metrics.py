@@ -105,7 +105,14 @@ HITL_QUEUE_DEPTH = Gauge("switchboard_hitl_queue_depth", "Pending reviews.", ["q
 HITL_OLDEST_PENDING = Gauge(
     "switchboard_hitl_oldest_pending_seconds", "Age of the oldest pending review.", ["queue"]
 )
-HITL_DECISIONS = Counter("switchboard_hitl_decisions_total", "Review decisions.", ["queue", "decision", "by"])
+HITL_DECISIONS = Counter(
+    "switchboard_hitl_decisions_total",
+    "Review decisions (approved, rejected, escalated, timeout) by who took them: human or system.",
+    ["queue", "decision", "by"],
+)
+HITL_SLA_BREACHES = Counter(
+    "switchboard_hitl_sla_breaches_total", "Pending reviews that went past their queue's SLA.", ["queue"]
+)
 CONFIG_VERSION = Gauge(
     "switchboard_config_version",
     "Active policy version (0 while running on local files before any version exists).",

@@ -64,11 +64,19 @@ PROBES = [
     ("gateway", DENY, PUB, f"$KV.{SW}.pauses"),  # read, never write
     ("router", ALLOW, PUB, f"$KV.{RO}.router.x"),  # its report
     ("router", DENY, PUB, f"$KV.{SW}.pauses"),
+    ("agent-alice", ALLOW, PUB, sb("hitl.status")),  # its held invocation's state
+    ("agent-alice", ALLOW, SUB, sb("result.inv-1")),
+    ("agent-alice", DENY, PUB, sb("hitl.open")),  # open or decide reviews
+    ("agent-alice", DENY, PUB, sb("hitl.reviewers.add")),
+    ("agent-alice", DENY, PUB, sb("gateway.resume")),
     # gateway: the only asker of router and budget; serves both invoke subjects
     ("gateway", ALLOW, SUB, sb("invoke.*")),
     ("gateway", ALLOW, SUB, sb("agent.*.invoke.*")),
     ("gateway", ALLOW, PUB, sb("router.plan")),
     ("gateway", ALLOW, PUB, sb("budget.reserve")),
+    ("gateway", ALLOW, PUB, sb("hitl.open")),
+    ("gateway", ALLOW, PUB, sb("result.inv-1")),
+    ("gateway", ALLOW, SUB, sb("gateway.resume")),
     ("gateway", ALLOW, PUB, sb("budget.settle")),
     ("gateway", ALLOW, PUB, sb("events.invocation")),
     ("gateway", DENY, PUB, f"$KV.{B}.policy"),
@@ -102,8 +110,10 @@ PROBES = [
     ("recorder", DENY, PUB, f"$JS.API.STREAM.DELETE.{S}"),
     ("recorder", DENY, SUB, sb("invoke.*")),
     # hitl
-    ("hitl", ALLOW, PUB, sb("result.inv-1")),
-    ("hitl", ALLOW, SUB, sb("hitl.review")),
+    ("hitl", ALLOW, PUB, sb("gateway.resume")),  # hand a decided review to a gateway
+    ("hitl", ALLOW, SUB, sb("hitl.open")),
+    ("hitl", ALLOW, SUB, sb("hitl.reviewers.add")),
+    ("hitl", DENY, PUB, sb("result.inv-1")),  # results come from the gateway that acted
     ("hitl", DENY, PUB, sb("budget.settle")),
     ("hitl", DENY, PUB, f"$KV.{B}.policy"),
     ("hitl", DENY, PUB, sb("invoke.support-triage")),

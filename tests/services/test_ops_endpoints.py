@@ -12,6 +12,7 @@ READY_CHECKS = {
     "router": {"nats", "redis", "config"},
     "budget": {"nats", "redis", "config"},
     "recorder": {"nats", "postgres"},
+    "hitl": {"nats", "postgres", "config"},
 }
 SERVICES = list(READY_CHECKS)
 

@@ -80,7 +80,7 @@ async def test_validate_warns_when_every_tier_is_at_one_provider(stack, tmp_path
         "warning: workflows.support-triage.tiers: every tier is at provider 'openai-sim';"
         " a provider outage leaves no path"
     ) in out
-    assert "ok: 2 providers, 2 workflows" in out
+    assert "ok: 2 providers, 3 workflows" in out
 
     code, out, _ = await run_sbctl(stack.infra, "config", "validate", str(target), "--json")
     assert code == 0

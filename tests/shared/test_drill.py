@@ -55,7 +55,7 @@ async def test_drill_json_reports_each_workflow(running):
     assert report["ok"] is True
     assert (report["provider"], report["env"]) == ("openai-sim", running.env)
     rows = {r["workflow"]: r for r in report["workflows"]}
-    assert set(rows) == {"support-triage", "research-summary"}
+    assert set(rows) == {"support-triage", "research-summary", "refunds"}
     assert rows["support-triage"]["fallbacks_recorded"] == 10
     assert rows["support-triage"]["slo_p99_ms"] == 3000
     # research-summary starts at anthropic-sim: blocking openai-sim costs it nothing

@@ -49,9 +49,10 @@ def test_example_config_loads_with_no_problems_and_no_warnings():
 
     assert result.ok, [str(p) for p in result.problems]
     assert result.problems == [] and result.warnings == []
-    assert sorted(Path(f).name for f in result.files) == ["providers.yaml", "workflows.yaml"]
+    assert sorted(Path(f).name for f in result.files) == ["providers.yaml", "reviews.yaml", "workflows.yaml"]
     assert set(result.policy.providers) == {"openai-sim", "anthropic-sim"}
-    assert set(result.policy.workflows) == {"support-triage", "research-summary"}
+    assert set(result.policy.workflows) == {"support-triage", "research-summary", "refunds"}
+    assert set(result.policy.review_queues) == {"payments", "payments-leads"}
     triage = result.policy.workflows["support-triage"]
     assert [(t.provider, t.model, t.timeout_ms) for t in triage.tiers] == [
         ("openai-sim", "gpt-sim-large", 5000),

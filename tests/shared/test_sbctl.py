@@ -28,7 +28,7 @@ async def test_validate_ok(stack):
     code, out, err = await run_sbctl(stack.infra, "config", "validate", str(stack.policy_dir))
 
     assert code == 0, err
-    assert "ok: 2 providers, 2 workflows in 2 files" in out
+    assert "ok: 2 providers, 3 workflows in 3 files" in out
 
 
 async def test_validate_broken_prints_file_path_message_and_exits_1(stack, tmp_path):
@@ -75,7 +75,7 @@ async def test_apply_show_and_unchanged_reapply(stack):
     assert shown["checksum"] == document_checksum(expected) == applied["checksum"]
     assert shown["policy"] == expected
     assert shown["source"] == policy_dir
-    assert set(shown["policy"]["workflows"]) == {"support-triage", "research-summary"}
+    assert set(shown["policy"]["workflows"]) == {"support-triage", "research-summary", "refunds"}
 
     code, out, err = await run_sbctl(
         stack.infra, "config", "apply", policy_dir, "--reason", "test", "--env", stack.env

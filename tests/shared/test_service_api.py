@@ -17,7 +17,7 @@ from tests.support.helpers import run_sbctl
 from tests.support.stack import SERVICES
 
 ENDPOINTS = {
-    "gateway": {"invoke", "agent-invoke"},  # the operators' subject and the agents' own
+    "gateway": {"invoke", "agent-invoke", "gateway-resume"},  # operators', agents', hitl's
     "router": {"router-plan", "router-outcome", "router-status", "router-block", "degradation"},
     "budget": {"budget-reserve", "budget-settle", "budget-show"},
     "recorder": {
@@ -26,6 +26,17 @@ ENDPOINTS = {
         "recorder-stats",
         "recorder-invocations",
         "recorder-dead-letters",
+    },
+    "hitl": {
+        "hitl-open",
+        "hitl-status",
+        "hitl-reviewers-add",
+        "hitl-reviewers-revoke",
+        "hitl-reviewers-list",
+        "hitl-queues",
+        "hitl-pending",
+        "hitl-queue_op",
+        "hitl-export",
     },
 }
 
@@ -88,12 +99,20 @@ async def test_each_replica_answers_ping_info_and_stats_with_exact_counts(runnin
         )
         assert code == 0, err
         replicas = json.loads(out)["replicas"]
-        assert sorted(r["service"] for r in replicas) == ["budget", "gateway", "recorder", "router", "router"]
+        assert sorted(r["service"] for r in replicas) == [
+            "budget",
+            "gateway",
+            "hitl",
+            "recorder",
+            "router",
+            "router",
+        ]
         assert {r["id"] for r in replicas if r["service"] == "router"} == ids
         [gateway] = [r for r in replicas if r["service"] == "gateway"]
         assert [(e["name"], e["requests"], e["errors"]) for e in gateway["endpoints"]] == [
             ("invoke", 4, 1),
             ("agent-invoke", 0, 0),
+            ("gateway-resume", 0, 0),
         ]
         [budget] = [r for r in replicas if r["service"] == "budget"]
         reserve = next(e for e in budget["endpoints"] if e["name"] == "budget-reserve")

@@ -16,10 +16,7 @@ import redis.asyncio as aioredis
 import yaml
 from nats.js.errors import NotFoundError
 
-from services.budget.service import BudgetService, BudgetSettings
-from services.gateway.service import GatewayService, GatewaySettings
-from services.recorder.service import RecorderService, RecorderSettings
-from services.router.service import RouterService, RouterSettings
+from services import catalog
 from services.simulator.app import start as start_simulator
 from shared import keys, names, nats_auth
 from shared.live_config import ConfigStore, VersionDoc
@@ -30,12 +27,7 @@ from shared.simctl import SimulatorControl
 from tests.support.infra import Infra
 
 REPO = Path(__file__).resolve().parents[2]
-SERVICES = {
-    "router": (RouterService, RouterSettings),
-    "budget": (BudgetService, BudgetSettings),
-    "recorder": (RecorderService, RecorderSettings),
-    "gateway": (GatewayService, GatewaySettings),
-}
+SERVICES = {e.name: (e.service_class, e.settings_class) for e in catalog.SERVICES}
 
 
 def new_env() -> str:
@@ -102,6 +94,7 @@ class Stack:
             http_port=0,
             drain_timeout_s=5.0,
         )
+        base.update(dict.fromkeys(catalog.entry(service).other_ports, 0))
         base.update(overrides)
         return settings_cls(**base)
 
@@ -182,7 +175,8 @@ async def cleanup_env(infra: Infra, env: str) -> None:
     conn = await asyncpg.connect(infra.database_url)
     try:
         await conn.execute("select audit_drop_env($1)", env)
-        for table in ("config_versions", "dead_letters", "policy_history", "policy_envs"):
+        tables = ("config_versions", "dead_letters", "policy_history", "policy_envs")
+        for table in (*tables, "hitl_audit", "hitl_reviews", "hitl_reviewers"):
             await conn.execute(f"delete from {table} where env = $1", env)
     finally:
         await conn.close()

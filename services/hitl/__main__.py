@@ -1,0 +1,3 @@
+from services.hitl.service import HitlService
+
+HitlService.main()

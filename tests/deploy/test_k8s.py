@@ -11,10 +11,12 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from services import catalog
+
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
 OVERLAYS = ("staging", "prod")
-SERVICES = ("gateway", "router", "budget", "recorder", "hitl")
+SERVICES = catalog.NAMES
 AUTOSCALED = {"gateway", "router", "budget", "hitl"}
 KUBERNETES_VERSION = "1.29.0"  # validated against this API; old enough for most clusters in use
 

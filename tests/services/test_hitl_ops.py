@@ -52,7 +52,7 @@ async def test_sdk_waits_for_the_review_or_fetches_the_result_later(stack):
     code, out, err = await run_sbctl(
         stack.infra, "invoke", "refunds", "Refund.", "--meta", "amount=900", "--env", stack.env, "--json"
     )
-    assert code == 2 and json.loads(out)["status"] == "pending_review", out + err
+    assert code == 1 and json.loads(out)["status"] == "pending_review", out + err
 
 
 async def test_queues_pending_extend_and_reassign_are_recorded_with_who_and_why(stack):

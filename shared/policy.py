@@ -422,6 +422,11 @@ def _validate(document: dict, origin: dict[tuple[str, str], str], files: list[st
         for err in exc.errors(include_url=False, include_input=False):
             if err["loc"]:  # whole-document checks are reported below, with their own paths
                 problems.append(problem(".".join(str(p) for p in err["loc"]), err["msg"]))
+            else:  # ... except the review gates' cross-references, which only the model makes
+                for part in err["msg"].removeprefix("Value error, ").split("; "):
+                    path, _, message = part.partition(": ")
+                    if path.startswith(("review_rules.", "review_queues.")):
+                        problems.append(problem(path, message))
     problems += [problem(path, message) for path, message in cross_reference_problems(expanded)]
     providers = expanded.get("providers")
     if isinstance(providers, dict):

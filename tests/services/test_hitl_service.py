@@ -86,11 +86,11 @@ async def test_as_a_process_it_serves_ops_and_api_and_counts_exactly(stack, tmp_
 
         sb = await stack.client()
         held = [await sb.invoke("refunds", f"Refund {i}.", metadata={"amount": 900}) for i in range(3)]
-        await wait_for(
-            lambda: metric(proc.port, "switchboard_hitl_queue_depth", queue="payments"),
-            message="the depth gauge",
-        )
-        assert await metric(proc.port, "switchboard_hitl_queue_depth", queue="payments") == 3
+
+        async def depth_is_three() -> bool:
+            return await metric(proc.port, "switchboard_hitl_queue_depth", queue="payments") == 3
+
+        await wait_for(depth_is_three, message="the depth gauge")
         assert await metric(proc.port, "switchboard_hitl_oldest_pending_seconds", queue="payments") >= 0
         token = await add_reviewer(stack, "alice", "payments")
         async with httpx.AsyncClient(

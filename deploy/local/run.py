@@ -290,7 +290,7 @@ def review_demo(env: dict[str, str], run_dir: Path) -> list:
         queue.update(timeout_s=5, sla_s=3)
     (demo_config / "reviews.yaml").write_text(yaml.safe_dump(reviews, sort_keys=False))
     log("review gates: review timeouts shortened to 5 s for the demo (policy version 2)")
-    sbctl_out(env, "config", "apply", str(demo_config), "--by", "demo")
+    sbctl_out(env, "config", "apply", str(demo_config), "--reason", "demo: review timeouts of 5 s")
     reviewer = f"demo-reviewer-{int(time.time())}"  # a new one each run: a token is shown only once
     added = sbctl_out(env, "hitl", "reviewers", "add", reviewer, "--queues", "payments", "--json")
     issued = json.loads(added)

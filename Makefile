@@ -22,17 +22,18 @@ help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 	@echo "Variables: PYTEST_ARGS='-k foo' (test), RUN_ARGS='...' (run), SB_*_URL (infra)"
 
-setup: $(STAMP) ## create .venv and install the project with [dev] extras
+setup: $(STAMP) ## create .venv and install the SDK and the project (with [dev] extras), editable
 
-# Re-installs only when pyproject.toml or the lock changes (or the venv is missing). The lock's
-# pins are constraints: the tests run the runtime versions the image ships.
-$(STAMP): pyproject.toml $(LOCK)
+# Re-installs only when a pyproject.toml or the lock changes (or the venv is missing). The lock's
+# pins are constraints: the tests run the runtime versions the image ships. The agent SDK
+# (./sdk, its own distribution) is installed beside the server, which depends on it.
+$(STAMP): pyproject.toml sdk/pyproject.toml $(LOCK)
 	@if [ ! -x $(PY) ]; then \
 	  test -n "$(BOOTSTRAP_PYTHON)" || { echo "python3.11/python3 not found" >&2; exit 1; }; \
 	  echo "setup: creating $(VENV) with $(BOOTSTRAP_PYTHON)"; \
 	  $(BOOTSTRAP_PYTHON) -m venv $(VENV); \
 	fi
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]' -c $(LOCK)
+	$(PY) -m pip install -q --disable-pip-version-check -e ./sdk -e '.[dev]' -c $(LOCK)
 	@touch $@
 
 infra: setup ## start NATS/Redis/PostgreSQL if needed, create the database, migrate

@@ -27,11 +27,12 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from pydantic import BaseModel
 
-from shared import codec, errors, names, nats_auth, service_api
+from shared import codec, names, service_api
 from shared.contracts import Event
 from shared.settings import Settings
 from shared.spool import SPOOL_MAX_BYTES, EventSpool, Spooled
 from shared.telemetry import metrics, tracing
+from switchboard_sdk import errors, nats_auth
 
 log = logging.getLogger("switchboard.bus")
 M = TypeVar("M", bound=BaseModel)

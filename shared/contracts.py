@@ -1,5 +1,10 @@
 """Wire messages: every JSON body that crosses NATS, as a pydantic model. No logic here.
 
+The agent's half (the invocation request and result, the degradation plan, the passthrough
+record, the review lookup, the event envelope) is defined in the SDK's `switchboard_sdk.contracts`
+and re-exported here, so that the services and the SDK validate the same models; everything
+between the services is defined below.
+
 Requests from outside (agents, operators) forbid unknown fields so that a typo is an error,
 not a silently ignored option. Replies and events allow extra fields so that a newer service
 can extend them without breaking an older reader.
@@ -10,118 +15,40 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import Field, StringConstraints
 
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
-MetadataValue = str | int | float | bool
-# What an agent sends that ends up in the audit log as a value: no control characters (PostgreSQL
-# text and jsonb cannot hold NUL, and none is ever meant in a name or a label), bounded sizes,
-# and integers that fit 64 bits (what JSON encoders and PostgreSQL hold).
-_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
-Label = Annotated[str, StringConstraints(max_length=128, pattern=_PRINTABLE)]
-MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_PRINTABLE)]
-MetadataInput = (
-    Annotated[str, StringConstraints(max_length=1024, pattern=_PRINTABLE)]
-    | Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
-    | float
-    | bool
+from switchboard_sdk.contracts import (  # noqa: F401  (re-exported: the one place to import wire models from)
+    Attempt,
+    AttemptOutcome,
+    Degradation,
+    DegradationPlan,
+    DegradationRequest,
+    DirectTier,
+    ErrorInfo,
+    Event,
+    EventKind,
+    Identifier,
+    InvokeRequest,
+    InvokeResult,
+    Label,
+    Message,
+    MetadataInput,
+    MetadataKey,
+    MetadataValue,
+    Open,
+    PassthroughEvent,
+    ReviewLookup,
+    ReviewState,
+    ReviewStatus,
+    Status,
+    Strict,
+    Usage,
 )
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-class Status(StrEnum):
-    SUCCESS = "success"  # the first tier answered
-    FALLBACK = "fallback"  # a later tier answered after an earlier one failed or was skipped
-    ERROR = "error"  # no tier answered, or the request was refused as invalid
-    BUDGET_EXCEEDED = "budget_exceeded"  # refused before the call: a token or spend limit
-    REJECTED = "rejected"  # a reviewer (or a review timeout) said no
-    PENDING_REVIEW = "pending_review"  # held for human review; the result follows on sb.<env>.result.<id>
-
-
-class Message(Strict):
-    role: Literal["system", "user", "assistant", "tool"]
-    content: str = Field(max_length=1_000_000)
-    name: Label | None = None
-
 
 # A drill's own invocations carry this metadata key naming a provider: the router skips that
 # provider for them alone (source "drill"), so live traffic is untouched and nothing is left
 # behind when a drill dies.
 DRILL_AVOID_METADATA = "switchboard.drill.avoid_provider"
-
-
-class InvokeRequest(Strict):
-    invocation_id: Identifier
-    workflow: Identifier
-    session_id: Identifier | None = None
-    agent: Label | None = None
-    messages: list[Message] = Field(min_length=1, max_length=1000)
-    max_tokens: int | None = Field(default=None, gt=0, le=1_000_000)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    stop: list[Annotated[str, StringConstraints(min_length=1, max_length=256)]] | None = Field(
-        default=None, max_length=8
-    )
-    metadata: dict[MetadataKey, MetadataInput] = Field(default_factory=dict, max_length=64)
-
-
-class Usage(Open):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-class ErrorInfo(Open):
-    code: str
-    message: str
-    retryable: bool = False
-    details: list[dict] | None = None
-
-
-class AttemptOutcome(StrEnum):
-    OK = "ok"  # the tier answered
-    RATE_LIMITED = "rate_limited"  # provider 429
-    SERVER_ERROR = "server_error"  # provider 5xx
-    TIMEOUT = "timeout"  # no answer within the tier's timeout
-    CONNECTION_ERROR = "connection_error"  # could not reach the provider
-    MALFORMED = "malformed"  # the provider's answer could not be read
-    CLIENT_ERROR = "client_error"  # provider 4xx other than 429/408: not retried on another tier
-    SKIPPED = "skipped"  # not tried: blocked, cooling down, circuit open or out of quota
-
-
-class Attempt(Open):
-    tier: int
-    provider: str
-    model: str
-    outcome: AttemptOutcome
-    latency_ms: float = 0.0
-    status_code: int | None = None
-    reason: str | None = None
-    source: str | None = None  # why a tier was skipped: blocked | cooldown | circuit_open | local_quota
-
-
-class InvokeResult(Open):
-    invocation_id: str
-    status: Status
-    workflow: str | None = None
-    provider: str | None = None
-    model: str | None = None
-    output: str | None = None
-    finish_reason: str | None = None
-    usage: Usage = Field(default_factory=Usage)
-    latency_ms: float = 0.0
-    attempts: list[Attempt] = Field(default_factory=list)
-    error: ErrorInfo | None = None
-    trace_id: str | None = None
-    config_version: str | None = None
-    review_id: str | None = None
-    enforced: bool = True  # False: a passthrough call made by the SDK while the plane was unreachable
 
 
 # --- gateway <-> router ---------------------------------------------------------------
@@ -309,69 +236,7 @@ class BudgetShowReply(Open):
     error: ErrorInfo | None = None
 
 
-# --- SDK <-> router: what an agent does when the control plane is unreachable --------------
-
-
-class Degradation(StrEnum):
-    FAIL_CLOSED = "fail_closed"  # the SDK raises control_plane_unavailable at once
-    PASSTHROUGH = "passthrough"  # the SDK calls the provider itself, records locally, uploads later
-
-
-class DegradationRequest(Strict):
-    workflow: Identifier
-
-
-class DirectTier(Open):
-    """A tier as an agent calls it without the gateway: where, which model, whose key."""
-
-    provider: str
-    kind: str  # openai | anthropic
-    base_url: str
-    model: str
-    api_key_env: str | None = None  # the agent's own environment variable holding its key
-    timeout_ms: int
-
-
-class DegradationPlan(Open):
-    """A workflow's degradation mode, and for passthrough the tiers in policy order."""
-
-    workflow: str
-    mode: Degradation = Degradation.FAIL_CLOSED
-    config_version: str | None = None
-    max_tokens_per_invocation: int | None = None
-    tiers: list[DirectTier] = Field(default_factory=list)
-    error: ErrorInfo | None = None
-
-
-# --- events (JetStream sb.<env>.events.<kind>) -----------------------------------------
-
-
-class EventKind(StrEnum):
-    INVOCATION = "invocation"  # one per answered invocation: the audit row
-    ATTEMPT = "attempt"  # one per provider call
-    FALLBACK = "fallback"  # a tier gave way to the next one
-    RATE_LIMIT = "rate_limit"  # a provider 429 or a local quota skipped a tier
-    CIRCUIT = "circuit"  # a provider's circuit opened
-    BUDGET_BREACH = "budget_breach"  # a budget ceiling refused an invocation
-    BUDGET_UNAVAILABLE = "budget_unavailable"  # the budget could not be asked; the workflow's mode applied
-    CONFIG = "config"  # a policy version was applied
-    PROVIDER_BLOCK = "provider_block"  # an operator blocked or unblocked a provider
-    PASSTHROUGH = "passthrough"  # an agent called a provider directly while the plane was unreachable
-    LEVER = "lever"  # an operator pulled a lever through sbctl (a stop switch, ...)
-
-
-class Event(Open):
-    """Common envelope of every event. The bus stamps `event_id`, `ts`, `env`, `service` (and
-    `trace_id` from the current span) when it emits; the emitter names the policy version it
-    acted under. Readers require the stamped fields (see `codec.decode_event`)."""
-
-    kind: EventKind
-    event_id: str = ""
-    ts: float = 0.0
-    env: str = ""
-    service: str = ""
-    trace_id: str | None = None
-    config_version: str
+# --- events (JetStream sb.<env>.events.<kind>; the envelope `Event` is the SDK's) ----------
 
 
 class InvocationEvent(Event):
@@ -394,32 +259,6 @@ class InvocationEvent(Event):
     message_count: int = 0
     output_chars: int = 0
     cost_usd: float | None = None  # at the answering model's prices; None when nothing answered
-
-
-class PassthroughEvent(Event):
-    """One call an agent made straight to a provider while the control plane was unreachable:
-    the invocation record's fields, stamped by the SDK (`service: sdk`), marked `enforced: false`
-    (no routing state, budget or review applied), uploaded once the plane is back.
-    `config_version` is the policy version the SDK last saw."""
-
-    kind: Literal[EventKind.PASSTHROUGH] = EventKind.PASSTHROUGH
-    enforced: Literal[False] = False
-    reason: str  # why the plane was unreachable
-    invocation_id: str
-    workflow: str
-    session_id: str | None = None
-    agent: str | None = None
-    status: Status
-    provider: str | None = None
-    model: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    latency_ms: float = 0.0
-    attempts: list[Attempt] = Field(default_factory=list)
-    error: ErrorInfo | None = None
-    metadata: dict[str, MetadataValue] = Field(default_factory=dict)
-    message_count: int = 0
-    output_chars: int = 0
 
 
 class AttemptEvent(Event):
@@ -558,13 +397,6 @@ class ReviewStage(StrEnum):
     POST = "post"  # the model's output held before it reaches the agent
 
 
-class ReviewState(StrEnum):
-    PENDING = "pending"  # waiting for a reviewer (or its timeout)
-    APPROVED = "approved"  # by reviewers, or by a timeout whose action is approve
-    REJECTED = "rejected"  # by a reviewer, or by a timeout whose action is reject
-    ESCALATED = "escalated"  # closed here; a new review continues in another queue
-
-
 class DeciderKind(StrEnum):
     HUMAN = "human"  # a reviewer, identified by their token
     SYSTEM = "system"  # a timeout: never counted as consent by a person
@@ -606,22 +438,6 @@ class ResumeRequest(Strict):
 
 
 class ResumeReply(Open):
-    result: InvokeResult | None = None
-    error: ErrorInfo | None = None
-
-
-class ReviewLookup(Strict):
-    invocation_id: Identifier
-
-
-class ReviewStatus(Open):
-    """Where a held invocation stands: its latest review, and its final result once there is one."""
-
-    invocation_id: str
-    found: bool = False
-    review_id: str | None = None
-    state: ReviewState | None = None
-    queue: str | None = None
     result: InvokeResult | None = None
     error: ErrorInfo | None = None
 
@@ -839,21 +655,6 @@ class InvocationRow(Open):
 class InvocationsReply(Open):
     invocations: list[InvocationRow] = Field(default_factory=list)
     error: ErrorInfo | None = None
-
-
-# --- events (JetStream sb.<env>.events.<kind>) -----------------------------------------
-
-
-class Event(Open):
-    """Common envelope: every event has these; kinds add their own fields."""
-
-    event_id: str
-    kind: str
-    ts: float
-    env: str
-    service: str
-    invocation_id: str | None = None
-    trace_id: str | None = None
 
 
 # --- stop switches (KV sb_<env>_switches, key "pauses") ------------------------------------

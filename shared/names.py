@@ -1,14 +1,26 @@
 """Every NATS subject, JetStream stream, KV bucket and consumer name, built in one place.
 
 `SB_ENV` prefixes all of them so that staging and production (and every test) share a
-NATS server without seeing each other's traffic. Nobody formats a subject inline.
+NATS server without seeing each other's traffic. Nobody formats a subject inline. The subjects
+an agent uses (invoke, result, events, degradation, hitl) are defined in the SDK
+(`switchboard_sdk.names`) and re-exported here with the services' own.
 """
 
 from __future__ import annotations
 
 import re
 
-ENV_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+from switchboard_sdk.names import (  # noqa: F401  (re-exported: every subject from one module)
+    ENV_PATTERN,
+    agent_invoke,
+    check_env,
+    degradation,
+    event,
+    hitl,
+    invoke,
+    result,
+)
+
 WORKFLOW_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 # Internal request/reply services (queue groups carry the service name).
@@ -22,25 +34,8 @@ CONFIG_KEY = "policy"
 RECORDER_DURABLE = "recorder"
 
 
-def check_env(env: str) -> str:
-    """Refuse an environment name that cannot prefix subjects, streams and buckets."""
-    if not ENV_PATTERN.match(env):
-        raise ValueError(f"SB_ENV {env!r} must match {ENV_PATTERN.pattern}")
-    return env
-
-
-def invoke(env: str, workflow: str) -> str:
-    return f"sb.{env}.invoke.{workflow}"
-
-
 def invoke_wildcard(env: str) -> str:
     return f"sb.{env}.invoke.*"
-
-
-def agent_invoke(env: str, agent: str, workflow: str) -> str:
-    """An agent's own invoke subject: NATS permissions let only that agent's user publish here,
-    so the gateway takes the agent's identity from this token."""
-    return f"sb.{env}.agent.{agent}.invoke.{workflow}"
 
 
 def agent_invoke_wildcard(env: str) -> str:
@@ -51,14 +46,6 @@ def agent_of(subject: str) -> str | None:
     """The agent token of an agent invoke subject, None for the plain invoke subject."""
     parts = subject.split(".")
     return parts[3] if len(parts) == 6 and parts[2] == "agent" and parts[4] == "invoke" else None
-
-
-def result(env: str, invocation_id: str) -> str:
-    return f"sb.{env}.result.{invocation_id}"
-
-
-def event(env: str, kind: str) -> str:
-    return f"sb.{env}.events.{kind}"
 
 
 def events_wildcard(env: str) -> str:
@@ -79,11 +66,6 @@ def router_status(env: str) -> str:
 
 def router_block(env: str) -> str:
     return f"sb.{env}.router.block"
-
-
-def degradation(env: str) -> str:
-    """Agents ask the router what their workflow does when the plane is unreachable."""
-    return f"sb.{env}.degradation"
 
 
 def recorder_count(env: str) -> str:
@@ -143,11 +125,6 @@ def switches_bucket(env: str) -> str:
 def rollout_bucket(env: str) -> str:
     """The KV bucket where every replica reports the policy version it runs or rejected."""
     return f"sb_{env}_rollout".replace("-", "_")
-
-
-def hitl(env: str, op: str) -> str:
-    """hitl requests: open, status, reviewers.add|revoke|list, queues, pending, queue_op, export."""
-    return f"sb.{env}.hitl.{op}"
 
 
 def gateway_resume(env: str) -> str:

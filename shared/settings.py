@@ -1,7 +1,9 @@
 """Connection and process settings, read once from the environment (prefix `SB_`).
 
-Each service subclasses `Settings` to change its defaults (its HTTP port) or add its own
-keys; the object is built once at start-up and passed down, never re-read.
+The NATS connection settings (URL, environment, credentials, TLS) are the SDK's
+`ConnectionSettings`, so an agent and a service read the same variables. Each service subclasses
+`Settings` to change its defaults (its HTTP port) or add its own keys; the object is built once
+at start-up and passed down, never re-read.
 """
 
 from __future__ import annotations
@@ -12,16 +14,14 @@ from typing import Annotated, Literal
 from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from shared import names
+from switchboard_sdk.settings import ConnectionSettings
 
 
-class Settings(BaseSettings):
+class Settings(BaseSettings, ConnectionSettings):
     model_config = SettingsConfigDict(env_prefix="SB_", extra="ignore")
 
-    nats_url: str = "nats://127.0.0.1:4222"
     redis_url: str = "redis://127.0.0.1:6379/0"
     database_url: str = "postgresql://postgres@127.0.0.1:5432/switchboard"
-    env: str = "dev"
     config_dir: str = "config"
     http_host: str = "127.0.0.1"
     http_port: int = 0
@@ -57,29 +57,12 @@ class Settings(BaseSettings):
         "localhost",
     ]
 
-    # NATS authentication (all optional: unset means the open local setup). A process connects as
-    # the user of its role (gateway, router, budget, recorder, hitl, operator for sbctl,
-    # agent-<name> for an agent), or `nats_user` when set; the password comes from
-    # `nats_password_file`, else `<nats_credentials_dir>/<user>`, else `nats_password`.
-    nats_user: str | None = None
-    nats_password: SecretStr | None = None
-    nats_password_file: str | None = None
-    nats_credentials_dir: str | None = None
-    nats_tls_ca: str | None = None  # CA bundle that signed the server's certificate; enables TLS
-    nats_tls_cert: str | None = None  # client certificate and key, when the server verifies clients
-    nats_tls_key: str | None = None
-
     @field_validator("provider_key_envs", "provider_hosts", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
-
-    @field_validator("env")
-    @classmethod
-    def _env_is_a_name(cls, value: str) -> str:
-        return names.check_env(value)
 
     def redis_options(self) -> dict:
         """Keyword arguments for the Redis client: the ACL user and password, when set."""

@@ -2,8 +2,9 @@
 
     make lock        (= python deploy/docker/lock.py)
 
-pip resolves the project's runtime dependencies (pyproject.toml, no dev extras) as a fresh
-install would, and the exact versions are written down. The image installs exactly these
+pip resolves the project's runtime dependencies (pyproject.toml, no dev extras, and those of the
+agent SDK in sdk/, which the project depends on) as a fresh install would, and the exact versions
+are written down; the two local distributions themselves are not pinned. The image installs exactly these
 (`pip install --no-deps -r requirements.lock`), and `make setup` installs the development
 virtualenv under the same pins (as constraints), so the tests run the versions the image ships.
 Resolved for Linux and CPython 3.11, the image's platform.
@@ -25,7 +26,7 @@ def resolve() -> list[tuple[str, str]]:
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
         pip = [sys.executable, "-m", "pip", "install", "--quiet", "--dry-run", "--ignore-installed"]
-        subprocess.run([*pip, "--report", str(report), str(REPO)], check=True)
+        subprocess.run([*pip, "--report", str(report), str(REPO / "sdk"), str(REPO)], check=True)
         installs = json.loads(report.read_text())["install"]
     pins = {(i["metadata"]["name"], i["metadata"]["version"]) for i in installs if not i.get("is_direct")}
     return sorted(pins, key=lambda p: p[0].lower())

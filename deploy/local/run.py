@@ -36,8 +36,8 @@ import httpx  # noqa: E402
 import yaml  # noqa: E402
 
 from services import catalog  # noqa: E402
-from shared.sdk import Client  # noqa: E402
 from shared.simctl import SimulatorControl  # noqa: E402
+from switchboard_sdk import Client  # noqa: E402
 
 SERVICES = {  # name -> port env var, port (every service's own from services/catalog.py)
     "simulator": ("SB_SIM_PORT", 9180),
@@ -207,8 +207,9 @@ async def show_refusal(env: dict[str, str]) -> None:
     """The demo agent tries to settle a budget itself: the server refuses it."""
     import nats
 
-    from shared import names, nats_auth
+    from shared import names
     from shared.settings import Settings
+    from switchboard_sdk import nats_auth
 
     refused = asyncio.get_running_loop().create_future()
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from redis import exceptions as rx
 
-from shared import errors
 from shared.contracts import BudgetScope
 from shared.telemetry import metrics
+from switchboard_sdk import errors
 
 LUA = Path(__file__).with_name("lua")
 # Redis cannot be reached or cannot take writes; every other driver error is a bug.

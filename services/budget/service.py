@@ -16,7 +16,7 @@ from nats.aio.msg import Msg
 from services.budget import limits, pricing
 from services.budget.ceilings import check_invocation
 from services.budget.ledgers import LedgerStore
-from shared import errors, names
+from shared import names
 from shared.contracts import (
     Breach,
     BudgetBreachEvent,
@@ -33,6 +33,7 @@ from shared.policy import BudgetSpec, Policy, WorkflowSpec
 from shared.service import Service
 from shared.settings import Settings
 from shared.telemetry import metrics
+from switchboard_sdk import errors
 
 log = logging.getLogger("switchboard.budget")
 

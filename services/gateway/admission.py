@@ -3,8 +3,8 @@ planned; an invocation already past this point finishes whatever is pulled after
 
 from __future__ import annotations
 
-from shared import errors
 from shared.contracts import InvokeRequest, Pauses
+from switchboard_sdk import errors
 
 
 def admit(pauses: Pauses, req: InvokeRequest) -> None:

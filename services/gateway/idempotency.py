@@ -19,8 +19,9 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from shared import errors, keys
+from shared import keys
 from shared.contracts import InvokeRequest
+from switchboard_sdk import errors
 
 log = logging.getLogger("switchboard.gateway")
 RESULT_TTL_S = 24 * 3600

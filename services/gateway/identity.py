@@ -9,9 +9,10 @@ authentication is on): its `agent` is a label. Policy for a named agent applies 
 
 from __future__ import annotations
 
-from shared import errors, names
+from shared import names
 from shared.contracts import InvokeRequest
 from shared.policy import Policy
+from switchboard_sdk import errors
 
 
 def admit(

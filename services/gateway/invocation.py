@@ -22,7 +22,7 @@ from services.gateway import access_log
 from services.gateway.admission import admit
 from services.gateway.gates import Facts, Match
 from services.gateway.idempotency import Replay
-from shared import errors, names, pricing, provider_state, tokens
+from shared import names, pricing, provider_state, tokens
 from shared.contracts import (
     Attempt,
     AttemptEvent,
@@ -54,6 +54,7 @@ from shared.policy import WorkflowSpec
 from shared.providers import ProviderCallError
 from shared.providers.base import CallParams
 from shared.telemetry import genai, metrics, tracing
+from switchboard_sdk import errors
 
 if TYPE_CHECKING:
     from services.gateway.service import GatewayService

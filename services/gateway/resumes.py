@@ -12,7 +12,8 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from shared import errors, keys
+from shared import keys
+from switchboard_sdk import errors
 
 IN_FLIGHT = b"\x00"
 

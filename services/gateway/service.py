@@ -20,13 +20,14 @@ from services.gateway.invocation import Invocation
 from services.gateway.outcomes import OutcomeReporter
 from services.gateway.resumes import Resumes
 from services.gateway.settling import Settler
-from shared import codec, errors, names
+from shared import codec, names
 from shared.contracts import InvokeRequest, InvokeResult, ResumeReply, ResumeRequest, Status
 from shared.providers import ProviderPool
 from shared.service import Service
 from shared.settings import Settings
 from shared.switches import SwitchWatch
 from shared.telemetry import tracing
+from switchboard_sdk import errors
 
 log = logging.getLogger("switchboard.gateway")
 

@@ -19,7 +19,6 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from services.hitl import export
 from services.hitl.store import epoch
-from shared import errors
 from shared.contracts import (
     ErrorInfo,
     InvokeResult,
@@ -29,6 +28,7 @@ from shared.contracts import (
     ReviewState,
     ReviewSummary,
 )
+from switchboard_sdk import errors
 
 if TYPE_CHECKING:
     from services.hitl.service import HitlService

@@ -17,7 +17,7 @@ from nats.errors import NoRespondersError
 
 from services.hitl import api, export
 from services.hitl.store import Store, epoch, reviewer_wire
-from shared import errors, names
+from shared import names
 from shared.contracts import (
     DeciderKind,
     ExportReply,
@@ -50,6 +50,7 @@ from shared.review_policy import QueueSpec
 from shared.service import Service
 from shared.settings import Settings
 from shared.telemetry import metrics
+from switchboard_sdk import errors
 
 log = logging.getLogger("switchboard.hitl")
 

@@ -13,9 +13,9 @@ from typing import Any
 import asyncpg
 import orjson
 
-from shared import errors
 from shared.contracts import DeciderKind, OpenReview, Reviewer, ReviewState
 from shared.review_policy import QueueSpec
+from switchboard_sdk import errors
 
 Row = asyncpg.Record
 

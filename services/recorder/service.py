@@ -18,7 +18,7 @@ from opentelemetry.trace import SpanKind
 from pydantic import Field
 
 from services.recorder import deadletter, queries, retention, store
-from shared import codec, errors, names
+from shared import codec, names
 from shared.contracts import (
     DeadLettersReply,
     DeadLettersRequest,
@@ -36,6 +36,7 @@ from shared.contracts import (
 from shared.service import Service
 from shared.settings import Settings
 from shared.telemetry import metrics, tracing
+from switchboard_sdk import errors
 
 log = logging.getLogger("switchboard.recorder")
 _tracer = tracing.tracer("switchboard.recorder")

@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 
 from services.router import planner
 from services.router.health import ProviderHealth, TierCheck
-from shared import errors, names
+from shared import names
 from shared.contracts import (
     DRILL_AVOID_METADATA,
     AttemptOutcome,
@@ -38,6 +38,7 @@ from shared.contracts import (
 from shared.service import Service
 from shared.settings import Settings
 from shared.telemetry import metrics
+from switchboard_sdk import errors
 
 log = logging.getLogger("switchboard.router")
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from shared import errors, names
+from shared import names
 from shared.bus import Bus
 from shared.contracts import DeadLettersReply, DeadLettersRequest
 from shared.sbctl.output import emit_json, fail, table
+from switchboard_sdk import errors
 
 
 async def dead_letters(args, settings) -> int:

@@ -5,10 +5,11 @@ Asks the budget service over NATS; the CLI never reads the budget's Redis keys i
 
 from __future__ import annotations
 
-from shared import errors, names
+from shared import names
 from shared.contracts import BudgetShowReply, BudgetShowRequest, LedgerUsage
 from shared.sbctl.context import connect
 from shared.sbctl.output import emit_json, fail
+from switchboard_sdk import errors
 
 
 async def show(args, settings) -> int:

@@ -10,7 +10,7 @@ import os
 import sys
 from importlib import metadata
 
-from shared import errors, names
+from shared import names
 from shared.sbctl import (
     audit_cmds,
     budget_cmds,
@@ -28,6 +28,7 @@ from shared.sbctl import (
 from shared.sbctl.context import EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE, SbctlSettings
 from shared.sbctl.output import fail
 from shared.telemetry.tracing import setup_tracing
+from switchboard_sdk import errors
 
 EPILOG = """exit codes: 0 ok; 1 a check failed or the request was refused; 2 usage error;
 3 NATS, PostgreSQL or a service unreachable. --env, --json and --nats-url may be given

@@ -7,7 +7,7 @@ import time
 
 import asyncpg
 
-from shared import errors, rollout
+from shared import rollout
 from shared.bus import Bus
 from shared.contracts import ConfigEvent
 from shared.live_config import ConfigStore, VersionConflict, VersionDoc
@@ -16,6 +16,7 @@ from shared.rollout import ReplicaState
 from shared.sbctl import history
 from shared.sbctl.context import EXIT_FAILED, EXIT_OK, connect, operator
 from shared.sbctl.output import emit_json, fail, table
+from switchboard_sdk import errors
 
 
 def validate(args) -> int:

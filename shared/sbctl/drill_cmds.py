@@ -13,14 +13,14 @@ import asyncio
 import time
 import uuid
 
-from shared import errors, names
+from shared import names
 from shared.bus import Bus
 from shared.contracts import DRILL_AVOID_METADATA, EventCountReply, EventCountRequest, Status
 from shared.live_config import ConfigStore
 from shared.policy import Policy, WorkflowSpec, expand_or_raise
 from shared.sbctl.context import connect
 from shared.sbctl.output import emit_json, fail, table
-from shared.sdk import Client
+from switchboard_sdk import Client, errors
 
 COMPLETED = {Status.SUCCESS, Status.FALLBACK}
 

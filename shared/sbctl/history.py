@@ -16,10 +16,10 @@ from datetime import UTC, datetime
 import asyncpg
 import orjson
 
-from shared import errors
 from shared.live_config import ConfigStore, VersionDoc, read_version
 from shared.policy import document_checksum
 from shared.sbctl.context import Operator
+from switchboard_sdk import errors
 
 DEFAULT_SOAK_S = 600  # how long a version must have run where it is promoted from
 COLUMNS = (

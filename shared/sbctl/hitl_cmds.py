@@ -11,7 +11,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from shared import errors, names
+from shared import names
 from shared.bus import Bus
 from shared.contracts import (
     ExportReply,
@@ -28,6 +28,7 @@ from shared.contracts import (
     ReviewersReply,
 )
 from shared.sbctl.output import emit_json, fail, table
+from switchboard_sdk import errors
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}

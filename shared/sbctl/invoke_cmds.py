@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-from shared import errors, names
+from shared import names
 from shared.contracts import (
     AttemptEvent,
     BudgetBreachEvent,
@@ -23,7 +23,7 @@ from shared.contracts import (
 )
 from shared.sbctl.context import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, connect
 from shared.sbctl.output import emit_json, fail, table
-from shared.sdk import Client
+from switchboard_sdk import Client, errors
 
 
 def _metadata(pairs: list[str]) -> dict:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import time
 
-from shared import errors, names, rollout
+from shared import names, rollout
 from shared.live_config import ConfigStore
 from shared.rollout import ReplicaState
 from shared.sbctl import history
 from shared.sbctl.config_cmds import distribute, print_rollout
 from shared.sbctl.context import EXIT_USAGE, connect, operator, record_lever
 from shared.sbctl.output import emit_json, fail
+from switchboard_sdk import errors
 
 
 async def protect(args, settings) -> int:

@@ -3,10 +3,11 @@ the lever to route around one at once."""
 
 from __future__ import annotations
 
-from shared import errors, names
+from shared import names
 from shared.contracts import BlockReply, BlockRequest, ProviderStatusReply, ProviderStatusRequest
 from shared.sbctl.context import connect, operator
 from shared.sbctl.output import emit_json, fail, table
+from switchboard_sdk import errors
 
 
 async def _ask(settings, env: str, subject: str, body, reply_model, as_json: bool):

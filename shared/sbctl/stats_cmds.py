@@ -7,10 +7,11 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel
 
-from shared import errors, names
+from shared import names
 from shared.bus import Bus
 from shared.contracts import InvocationsReply, InvocationsRequest, StatsReply, StatsRequest
 from shared.sbctl.output import emit_json, fail, table
+from switchboard_sdk import errors
 
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}

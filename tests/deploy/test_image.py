@@ -14,6 +14,8 @@ REPO = Path(__file__).resolve().parents[2]
 LOCK = REPO / "deploy" / "docker" / "requirements.lock"
 DOCKERFILE = (REPO / "deploy" / "docker" / "Dockerfile").read_text()
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+SDK_PYPROJECT = tomllib.loads((REPO / "sdk" / "pyproject.toml").read_text())
+LOCAL = {"switchboard", "switchboard-sdk"}  # installed from the checkout, never pinned
 
 
 def norm(name: str) -> str:
@@ -48,14 +50,14 @@ def runtime_closure() -> set[str]:
 
 def test_the_lock_is_the_runtime_closure_and_no_dev_tool():
     pins = locked()
-    assert set(pins) == runtime_closure()
+    assert set(pins) == runtime_closure() - LOCAL
     assert not {"pytest", "ruff", "kubernetes-validate", "pytest-asyncio"} & set(pins)
 
 
 def test_the_dockerfile_installs_exactly_the_lock():
     assert "pip install --no-deps -r /tmp/requirements.lock" in DOCKERFILE
     assert "COPY deploy/docker/requirements.lock" in DOCKERFILE
-    assert "pip install --no-deps ." in DOCKERFILE
+    assert "pip install --no-deps ./sdk ." in DOCKERFILE
     assert "[dev]" not in DOCKERFILE and "pyproject.toml" not in DOCKERFILE.split("COPY . .")[0]
 
 
@@ -68,3 +70,9 @@ def test_the_tests_run_the_locked_versions():
         if installed.get(name) != version
     }
     assert differ == {}, "run `make setup` (the lock's pins are its constraints)"
+
+
+def test_the_server_depends_on_the_sdk_it_ships():
+    wanted = [Requirement(spec) for spec in PYPROJECT["project"]["dependencies"]]
+    sdk = next(r for r in wanted if norm(r.name) == "switchboard-sdk")
+    assert sdk.specifier.contains(SDK_PYPROJECT["project"]["version"])

@@ -45,11 +45,11 @@ import httpx
 import yaml
 
 from services.budget import pricing
-from shared import codec, errors, migrate, names
+from shared import codec, migrate, names
 from shared.contracts import BudgetShowReply, BudgetShowRequest, InvokeRequest, Message
 from shared.policy import load_dir_or_raise
-from shared.sdk import Client
 from shared.simctl import SimulatorControl
+from switchboard_sdk import Client, errors
 from tests.support.helpers import free_port
 from tests.support.servers import NatsServer, PostgresServer, RedisServer
 from tests.support.stack import REPO, wait_for

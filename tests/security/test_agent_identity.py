@@ -11,8 +11,9 @@ import asyncpg
 import nats
 import pytest
 
-from shared import codec, names, nats_auth
+from shared import codec, names
 from shared.contracts import InvokeRequest, InvokeResult, Message, Status
+from switchboard_sdk import nats_auth
 from tests.support.helpers import run_sbctl
 from tests.support.stack import wait_for
 

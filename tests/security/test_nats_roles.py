@@ -14,7 +14,8 @@ import asyncio
 import nats
 import pytest
 
-from shared import names, nats_auth
+from shared import names
+from switchboard_sdk import nats_auth
 from tests.support.nats_server import AuthNats
 
 ENV = "prod"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from shared import codec, errors
+from shared import codec
 from shared.contracts import ErrorInfo, InvokeRequest, TraceRequest
+from switchboard_sdk import errors
 
 
 def all_error_classes() -> list[type[errors.SwitchboardError]]:

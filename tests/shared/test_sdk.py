@@ -10,8 +10,8 @@ import orjson
 import pytest
 
 from shared.contracts import Status
-from shared.errors import ControlPlaneUnavailable
-from shared.sdk import Client, SyncClient
+from switchboard_sdk import Client, SyncClient
+from switchboard_sdk.errors import ControlPlaneUnavailable
 from tests.support.servers import NatsServer
 from tests.support.stack import wait_for
 

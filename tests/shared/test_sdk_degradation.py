@@ -14,8 +14,8 @@ import orjson
 import pytest
 
 from shared.contracts import Degradation, Status
-from shared.errors import ControlPlaneUnavailable
-from shared.sdk import Client
+from switchboard_sdk import Client
+from switchboard_sdk.errors import ControlPlaneUnavailable
 from tests.support.servers import NatsServer
 from tests.support.stack import Stack, wait_for
 
@@ -212,7 +212,7 @@ async def test_no_gateway_with_nats_up_passes_through_and_uploads_at_once(plane,
 
 
 def test_the_state_dir_is_the_setting_else_a_folder_of_its_own(monkeypatch, tmp_path):
-    from shared.sdk._journal import default_root
+    from switchboard_sdk._journal import default_root
 
     monkeypatch.delenv("SB_SDK_STATE_DIR", raising=False)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))

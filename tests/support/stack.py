@@ -18,12 +18,12 @@ from nats.js.errors import NotFoundError
 
 from services import catalog
 from services.simulator.app import start as start_simulator
-from shared import keys, names, nats_auth
+from shared import keys, names
 from shared.live_config import ConfigStore, VersionDoc
 from shared.policy import Policy, load_dir_or_raise
-from shared.sdk import Client
 from shared.settings import Settings
 from shared.simctl import SimulatorControl
+from switchboard_sdk import Client, nats_auth
 from tests.support.infra import Infra
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ and the SDK turns a wire error back into an exception with `from_wire`.
 
 from __future__ import annotations
 
-from shared.contracts import ErrorInfo
+from switchboard_sdk.contracts import ErrorInfo
 
 
 class SwitchboardError(Exception):

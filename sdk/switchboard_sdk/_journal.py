@@ -21,7 +21,7 @@ from pathlib import Path
 
 import orjson
 
-from shared.contracts import DegradationPlan, PassthroughEvent
+from switchboard_sdk.contracts import DegradationPlan, PassthroughEvent
 
 
 def default_root() -> Path:

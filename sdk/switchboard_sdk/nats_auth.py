@@ -14,7 +14,7 @@ import re
 import ssl
 from pathlib import Path
 
-from shared.settings import Settings
+from switchboard_sdk.settings import ConnectionSettings
 
 AGENT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 OPERATOR = "operator"
@@ -37,7 +37,7 @@ def inbox_prefix(user: str) -> str:
     return f"_INBOX.{user}"
 
 
-def password(settings: Settings, user: str) -> str | None:
+def password(settings: ConnectionSettings, user: str) -> str | None:
     if settings.nats_password_file:
         return Path(settings.nats_password_file).read_text().strip()
     if settings.nats_credentials_dir:
@@ -49,7 +49,7 @@ def password(settings: Settings, user: str) -> str | None:
     return None
 
 
-def tls_context(settings: Settings) -> ssl.SSLContext | None:
+def tls_context(settings: ConnectionSettings) -> ssl.SSLContext | None:
     if not settings.nats_tls_ca:
         return None
     context = ssl.create_default_context(cafile=settings.nats_tls_ca)
@@ -58,7 +58,7 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def connect_options(settings: Settings, role_user: str) -> dict:
+def connect_options(settings: ConnectionSettings, role_user: str) -> dict:
     """Keyword arguments for `nats.connect` for a process of `role_user` (empty when open)."""
     options: dict = {}
     tls = tls_context(settings)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from shared.contracts import (
+from switchboard_sdk.contracts import (
     Attempt,
     AttemptOutcome,
     DegradationPlan,

@@ -6,10 +6,10 @@
 `SyncClient` offers the same for code without an event loop.
 """
 
-from shared.contracts import Attempt, InvokeResult, Status, Usage
-from shared.errors import ControlPlaneUnavailable, SwitchboardError
-from shared.sdk._client import Client
-from shared.sdk._sync import SyncClient
+from switchboard_sdk._client import Client
+from switchboard_sdk._sync import SyncClient
+from switchboard_sdk.contracts import Attempt, InvokeResult, Status, Usage
+from switchboard_sdk.errors import ControlPlaneUnavailable, SwitchboardError
 
 __all__ = [
     # clients

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from shared.contracts import InvokeResult
-from shared.sdk._client import Client, MessagesIn
+from switchboard_sdk._client import Client, MessagesIn
+from switchboard_sdk.contracts import InvokeResult
 
 
 class SyncClient:

@@ -15,10 +15,10 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
-from opentelemetry.trace import SpanKind
 
-from shared import codec, errors, names, nats_auth
-from shared.contracts import (
+from switchboard_sdk import _direct, _tracing, codec, errors, names, nats_auth
+from switchboard_sdk._journal import Journal
+from switchboard_sdk.contracts import (
     Degradation,
     DegradationPlan,
     DegradationRequest,
@@ -30,13 +30,9 @@ from shared.contracts import (
     ReviewStatus,
     Status,
 )
-from shared.sdk import _direct
-from shared.sdk._journal import Journal
-from shared.settings import Settings
-from shared.telemetry import tracing
+from switchboard_sdk.settings import ConnectionSettings
 
 MessagesIn = str | Sequence[Message | dict]
-_tracer = tracing.tracer("switchboard.sdk")
 log = logging.getLogger("switchboard.sdk")
 RECONNECT_EVERY_S = 1.0  # after a failed first connection, how often the background retries
 
@@ -69,7 +65,7 @@ class Client:
         connect_timeout: float = 5.0,
         state_dir: str | os.PathLike | None = None,
     ) -> None:
-        settings = Settings()
+        settings = ConnectionSettings.from_env()
         self.settings = settings
         self.nats_url = nats_url or settings.nats_url
         self.env = names.check_env(env or settings.env)
@@ -289,11 +285,7 @@ class Client:
 
     async def send(self, request: InvokeRequest, *, timeout: float | None = None) -> InvokeResult:
         timeout = timeout or self.default_timeout
-        with _tracer.start_as_current_span(
-            f"invoke {request.workflow}",
-            kind=SpanKind.CLIENT,
-            attributes={"switchboard.invocation_id": request.invocation_id},
-        ):
+        with _tracing.span(f"invoke {request.workflow}", request.invocation_id):
             nc = await self._link()
             if nc is None:
                 return await self._degrade(request, f"cannot reach NATS at {self.nats_url}")
@@ -302,7 +294,7 @@ class Client:
                     self._subject(request.workflow),
                     codec.encode(request),
                     timeout=timeout,
-                    headers=tracing.inject({}),
+                    headers=_tracing.headers() or None,
                 )
             except NoRespondersError:
                 return await self._degrade(request, "no gateway is serving this environment")
@@ -364,7 +356,7 @@ class Client:
             env=self.env,
             service="sdk",
             invocation_id=request.invocation_id,
-            trace_id=tracing.trace_id_hex(),
+            trace_id=_tracing.trace_id_hex(),
             config_version=plan.config_version or "unknown",
             reason=reason,
             workflow=request.workflow,

@@ -1,6 +1,6 @@
-"""Every subject in shared/names.py has a role that may publish it and a role that may subscribe
-to it in deploy/nats/roles.yaml: a new subject without a place in the table fails here, not in a
-deployment with authentication on."""
+"""Every subject in shared/names.py (the SDK's switchboard_sdk/names.py included) has a role that
+may publish it and a role that may subscribe to it in deploy/nats/roles.yaml: a new subject
+without a place in the table fails here, not in a deployment with authentication on."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import inspect
 import yaml
 
 from shared import names
+from switchboard_sdk import names as sdk_names
 from tests.support.nats_server import GENERATE
 
 # Subjects read through JetStream (a stream consumer), not by a core subscription.
@@ -36,10 +37,15 @@ def matches(pattern: str, subject: str) -> bool:
 
 
 def subjects() -> dict[str, str]:
-    """Each subject builder of shared.names, called with sample arguments (wildcards made concrete)."""
+    """Each subject builder of shared.names (and of the SDK's names it re-exports), called with
+    sample arguments (wildcards made concrete)."""
     out = {}
     for name, fn in inspect.getmembers(names, inspect.isfunction):
-        if fn.__module__ != names.__name__ or name in ("check_env", "agent_of", "service_api"):
+        if fn.__module__ not in (names.__name__, sdk_names.__name__) or name in (
+            "check_env",
+            "agent_of",
+            "service_api",
+        ):
             continue
         params = inspect.signature(fn).parameters
         value = fn(**{p: "prod" if p == "env" else "alice" if p == "agent" else "x1" for p in params})

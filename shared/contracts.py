@@ -272,6 +272,21 @@ class AttemptEvent(Event):
     latency_ms: float = 0.0
     status_code: int | None = None
     reason: str | None = None
+    attempt_id: str | None = None  # the `attempt_started` event of the same call
+
+
+class AttemptStartedEvent(Event):
+    """A provider call about to be made, acknowledged by JetStream before the call goes out: a
+    gateway that dies during the call leaves this without the `attempt` event of the same
+    `attempt_id` (an orphaned call: made, perhaps billed by the provider, never answered)."""
+
+    kind: Literal[EventKind.ATTEMPT_STARTED] = EventKind.ATTEMPT_STARTED
+    invocation_id: str
+    workflow: str
+    attempt_id: str
+    tier: int
+    provider: str
+    model: str
 
 
 class FallbackEvent(Event):
@@ -376,6 +391,7 @@ class LeverEvent(Event):
 AnyEvent = Annotated[
     InvocationEvent
     | AttemptEvent
+    | AttemptStartedEvent
     | FallbackEvent
     | RateLimitEvent
     | CircuitEvent

@@ -105,6 +105,7 @@ class Attempt(Open):
     status_code: int | None = None
     reason: str | None = None
     source: str | None = None  # why a tier was skipped: blocked | cooldown | circuit_open | local_quota
+    attempt_id: str | None = None  # the provider call's id in the audit log (none when skipped)
 
 
 class InvokeResult(Open):
@@ -164,7 +165,8 @@ class DegradationPlan(Open):
 
 class EventKind(StrEnum):
     INVOCATION = "invocation"  # one per answered invocation: the audit row
-    ATTEMPT = "attempt"  # one per provider call
+    ATTEMPT = "attempt"  # one per provider call, once it has ended
+    ATTEMPT_STARTED = "attempt_started"  # one per provider call, durable before the call is made
     FALLBACK = "fallback"  # a tier gave way to the next one
     RATE_LIMIT = "rate_limit"  # a provider 429 or a local quota skipped a tier
     CIRCUIT = "circuit"  # a provider's circuit opened

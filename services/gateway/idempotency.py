@@ -6,8 +6,10 @@ with any other request is refused with `idempotency_conflict`, so a reply is onl
 to the request that produced it. One Redis round trip (`SET NX GET`) decides, before anything
 is reserved or routed. The finished reply replaces the in-flight marker *before* it is sent:
 a gateway killed after answering leaves a stored reply, never an id that a retry would run
-again. When Redis is unreachable the invocation still runs: losing de-duplication is better
-than refusing every call.
+again. The in-flight marker is a lease (`leases.py`): kept alive while this gateway works on
+the id, lapsing within `claim_ttl_s` once it dies, so that a retry of a call a dead gateway
+held runs again seconds later. When Redis is unreachable the invocation still runs: losing
+de-duplication is better than refusing every call.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from services.gateway.leases import Leases
 from shared import keys
 from shared.contracts import InvokeRequest
 from switchboard_sdk import errors
@@ -43,23 +46,26 @@ def fingerprint(req: InvokeRequest) -> bytes:
 
 
 class Idempotency:
-    def __init__(self, redis: aioredis.Redis, env: str) -> None:
+    def __init__(self, redis: aioredis.Redis, env: str, leases: Leases) -> None:
         self.redis = redis
         self.env = env
+        self.leases = leases
 
-    async def begin(self, req: InvokeRequest, in_flight_ttl_s: float) -> bytes | None:
-        """Claim the id; returns the request's fingerprint (None when Redis is unreachable).
-        Raises `Replay`, `DuplicateInFlight` or `IdempotencyConflict` when it was claimed before."""
+    async def begin(self, req: InvokeRequest, max_in_flight_s: float) -> bytes | None:
+        """Claim the id for as long as this process works on it (at most `max_in_flight_s`);
+        returns the request's fingerprint (None when Redis is unreachable). Raises `Replay`,
+        `DuplicateInFlight` or `IdempotencyConflict` when it was claimed before."""
         digest = fingerprint(req)
         key = keys.idempotency(self.env, req.invocation_id)
         try:
-            stored = await self.redis.set(key, digest, nx=True, get=True, px=int(in_flight_ttl_s * 1000))
+            stored = await self.redis.set(key, digest, nx=True, get=True, px=self.leases.ttl_ms)
         except RedisError as exc:
             log.warning(
                 "idempotency unavailable", extra={"error": repr(exc), "invocation_id": req.invocation_id}
             )
             return None
         if stored is None:
+            self.leases.hold(key, max_in_flight_s)
             return digest
         if stored[:FINGERPRINT_LEN] != digest:
             raise errors.IdempotencyConflict(
@@ -73,14 +79,18 @@ class Idempotency:
         """Store the reply for retries; called before the reply is sent."""
         if digest is None:
             return
+        key = keys.idempotency(self.env, invocation_id)
+        self.leases.drop(key)
         try:
-            await self.redis.set(keys.idempotency(self.env, invocation_id), digest + reply, ex=RESULT_TTL_S)
+            await self.redis.set(key, digest + reply, ex=RESULT_TTL_S)
         except RedisError as exc:
             log.warning("reply not stored", extra={"error": repr(exc), "invocation_id": invocation_id})
 
     async def forget(self, invocation_id: str) -> None:
         """Drop the marker of a call that failed before doing anything, so it may be retried."""
+        key = keys.idempotency(self.env, invocation_id)
+        self.leases.drop(key)
         try:
-            await self.redis.delete(keys.idempotency(self.env, invocation_id))
+            await self.redis.delete(key)
         except RedisError:
             pass

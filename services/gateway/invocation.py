@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,7 @@ from shared.contracts import (
     Attempt,
     AttemptEvent,
     AttemptOutcome,
+    AttemptStartedEvent,
     BudgetUnavailableEvent,
     DeciderKind,
     ErrorInfo,
@@ -61,6 +63,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("switchboard.invocation")
 _tracer = tracing.tracer("switchboard.gateway")
+
+
+def max_in_flight_s(workflow: WorkflowSpec) -> float:
+    """The longest a live gateway may hold an id in flight: every tier's timeout, and a margin."""
+    return sum(t.timeout_ms for t in workflow.tiers) / 1000 + 30
 
 
 class Invocation:
@@ -116,7 +123,9 @@ class Invocation:
         return [self.reserve, self.plan, self.call_tiers, self.post_gate]
 
     async def run(self) -> InvokeResult | None:
-        """Run the steps until one answers; None when the answer is a replay (`self.replay`)."""
+        """Run the steps until one answers; None when the answer is a replay (`self.replay`).
+        The caller settles (`settle_used`) once it has stored the answer; a walk that raises
+        settles here."""
         try:
             for step in self.steps():
                 await step()
@@ -138,10 +147,36 @@ class Invocation:
             self.result = self.failed(exc)
         except BaseException:
             await self._forget()
+            await self.settle_used()
             raise
-        finally:
-            await self.settle(*self._used)
         return self.result
+
+    async def settle_used(self) -> None:
+        """Settle the reservation to what this try's calls used (release it when none was made).
+        Sent once the answer is stored: a gateway killed before that leaves the hold to a retry,
+        which takes it over; one killed after it leaves a stored answer, whose replay sends the
+        settle again (`settle_replayed`). Never a settled call that a retry would charge again."""
+        await self.settle(*self._used)
+
+    async def settle_replayed(self, stored: InvokeResult) -> None:
+        """Settle again what a stored answer used: a no-op at the budget (a settle applies only to
+        a reservation still held) unless the try that stored it died before its own settle was
+        sent."""
+        if stored.status not in (Status.SUCCESS, Status.FALLBACK) or not (
+            stored.usage.prompt_tokens or stored.usage.completion_tokens
+        ):
+            return
+        req = self.req
+        settle = SettleRequest(
+            invocation_id=req.invocation_id,
+            workflow=req.workflow,
+            session_id=req.session_id,
+            agent=req.agent,
+            prompt_tokens=stored.usage.prompt_tokens,
+            completion_tokens=stored.usage.completion_tokens,
+            model=stored.model,
+        )
+        await self.gw.settler.send(settle, self.workflow.budget.reservation_ttl_s)
 
     def _answer(self, result: InvokeResult) -> None:
         self.result, self.done = result, True
@@ -156,8 +191,7 @@ class Invocation:
     async def admit(self) -> None:
         """Claim the invocation id first: a replay, a duplicate in flight or a conflicting request
         reserves nothing and takes no tier (see `Idempotency.begin`)."""
-        in_flight_ttl = sum(t.timeout_ms for t in self.workflow.tiers) / 1000 + 30
-        self.digest = await self.gw.idempotency.begin(self.req, in_flight_ttl)
+        self.digest = await self.gw.idempotency.begin(self.req, max_in_flight_s(self.workflow))
         self._began = True
         if self.refusal is not None:
             raise self.refusal
@@ -364,6 +398,8 @@ class Invocation:
         if adapter is None:
             failure = ProviderCallError(AttemptOutcome.SKIPPED, "provider not in this gateway's policy")
             return self._attempt(tier, failure.outcome, 0.0, reason=failure.message), None, failure
+        attempt_id = uuid.uuid4().hex
+        await self._started(tier, attempt_id)
         t0 = time.perf_counter()
         with _tracer.start_as_current_span(
             genai.span_name(tier.model),
@@ -387,7 +423,12 @@ class Invocation:
                     tier, exc.outcome, latency, status_code=exc.status_code, retry_after_s=exc.retry_after_s
                 )
                 attempt = self._attempt(
-                    tier, exc.outcome, latency, status_code=exc.status_code, reason=exc.message
+                    tier,
+                    exc.outcome,
+                    latency,
+                    status_code=exc.status_code,
+                    reason=exc.message,
+                    attempt_id=attempt_id,
                 )
                 return attempt, None, exc
             span.set_attributes(genai.response_attributes(tier.model, completion))
@@ -399,7 +440,24 @@ class Invocation:
             status_code=200,
             tokens=completion.prompt_tokens + completion.completion_tokens,
         )
-        return self._attempt(tier, AttemptOutcome.OK, latency, status_code=200), completion, None
+        attempt = self._attempt(tier, AttemptOutcome.OK, latency, status_code=200, attempt_id=attempt_id)
+        return attempt, completion, None
+
+    async def _started(self, tier: PlannedTier, attempt_id: str) -> None:
+        """Record the call before it is made, acknowledged by JetStream (or spooled, when it does
+        not take events): a gateway that dies during the call leaves it in the audit log."""
+        await self.bus.emit(
+            AttemptStartedEvent(
+                invocation_id=self.req.invocation_id,
+                workflow=self.req.workflow,
+                attempt_id=attempt_id,
+                tier=tier.tier,
+                provider=tier.provider,
+                model=tier.model,
+                trace_id=self.trace_id,
+                config_version=self.active.version,
+            )
+        )
 
     @staticmethod
     def _attempt(tier: PlannedTier, outcome: AttemptOutcome, latency_ms: float, **fields) -> Attempt:

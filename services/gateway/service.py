@@ -12,11 +12,13 @@ from contextlib import AsyncExitStack
 
 import orjson
 from nats.aio.msg import Msg
+from pydantic import Field
 
 from services.gateway import access_log, identity
 from services.gateway.gates import Gates
 from services.gateway.idempotency import Idempotency, fingerprint
-from services.gateway.invocation import Invocation
+from services.gateway.invocation import Invocation, max_in_flight_s
+from services.gateway.leases import Leases
 from services.gateway.outcomes import OutcomeReporter
 from services.gateway.resumes import Resumes
 from services.gateway.settling import Settler
@@ -37,6 +39,9 @@ class GatewaySettings(Settings):
     control_timeout_s: float = 1.0  # how long router and budget may take to answer
     review_timeout_s: float = 5.0  # how long the hitl service may take to store a review
     resume_ttl_s: float = 7 * 86400  # how long a decided review's result is kept against a re-ask
+    # How long an invocation id (or a review being acted on) stays in flight after the gateway
+    # holding it dies; refreshed while it lives (services/gateway/leases.py).
+    claim_ttl_s: float = Field(default=5.0, gt=0, le=60)
 
 
 class GatewayService(Service):
@@ -54,11 +59,14 @@ class GatewayService(Service):
         self.switches = SwitchWatch(self.bus.js, self.settings.env)
         await self.switches.start()
         stack.push_async_callback(self.switches.stop)
-        self.idempotency = Idempotency(self.redis, self.settings.env)
+        self.leases = Leases(self.redis, self.settings.claim_ttl_s)
+        self.leases.start()
+        stack.push_async_callback(self.leases.stop)
+        self.idempotency = Idempotency(self.redis, self.settings.env, self.leases)
         self.settler = Settler(self.bus, self.settings.env)
         await self.settler.start()
         stack.push_async_callback(self.settler.close, self.settings.drain_timeout_s)
-        self.resumes = Resumes(self.redis, self.settings.env)
+        self.resumes = Resumes(self.redis, self.settings.env, self.leases)
         self._gates: tuple[object, Gates] | None = None
         self.outcomes = OutcomeReporter(self.bus, self.settings.env)
         self.outcomes.successes.start()
@@ -100,25 +108,31 @@ class GatewayService(Service):
         # An identity or agent-policy refusal comes after the id is claimed (the admit step): it
         # is never recorded under the id of another caller's invocation.
         run = Invocation(self, req, active, workflow, started, refusal=refusal)
-        result = await run.run()  # settled, whatever happened
+        result = await run.run()
         if result is None:  # a retry of a finished invocation: its first reply, nothing else
+            stored = codec.decode(run.replay, InvokeResult)
+            await run.settle_replayed(stored)
             await self.bus.reply_raw(msg, run.replay)
             access_log.replay(
                 req,
-                codec.decode(run.replay, InvokeResult),
+                stored,
                 latency_ms=round((time.perf_counter() - started) * 1000, 3),
                 trace_id=tracing.trace_id_hex(),
             )
             return
-        # Settled (by the run), recorded and stored before it is sent (unless a dependency refused
-        # it: retryable by its id). The event publishes enter the connection's buffer first and
-        # are flushed while the reply is being stored, so a gateway killed once the reply is
-        # stored has sent its settle and audit trail, and a retry is answered from the stored reply.
-        data = codec.encode(result)
-        run.record(result)
-        await asyncio.sleep(0)  # the event publishes enter the connection's buffer
-        if run.keep:
-            await self.idempotency.finish(req.invocation_id, run.digest, data)
+        # Recorded, stored, then settled, then sent (a dependency's refusal is not stored: it is
+        # retryable by its id). The event publishes enter the connection's buffer first and are
+        # flushed while the reply is being stored; the settle follows the store, so a gateway
+        # killed before the store leaves the reservation to the retry (never a settled call the
+        # retry charges again), and one killed after it leaves a reply whose replay settles.
+        try:
+            data = codec.encode(result)
+            run.record(result)
+            await asyncio.sleep(0)  # the event publishes enter the connection's buffer
+            if run.keep:
+                await self.idempotency.finish(req.invocation_id, run.digest, data)
+        finally:
+            await run.settle_used()
         await self.bus.reply_raw(msg, data)
 
     async def resume(self, req: ResumeRequest, _msg: Msg) -> ResumeReply:
@@ -126,8 +140,7 @@ class GatewayService(Service):
         result on sb.<env>.result.<id>, keep it for retries of the id, and answer the hitl service."""
         started = time.perf_counter()
         active, workflow = self._workflow(req.request.workflow)
-        in_flight_ttl = sum(t.timeout_ms for t in workflow.tiers) / 1000 + 30
-        stored = await self.resumes.begin(req.review_id, in_flight_ttl)
+        stored = await self.resumes.begin(req.review_id, max_in_flight_s(workflow))
         if stored is not None:  # acted on before (the hitl service did not hear): same answer
             return ResumeReply(result=codec.decode(stored, InvokeResult))
         request = req.request
@@ -140,9 +153,12 @@ class GatewayService(Service):
             await self.resumes.forget(req.review_id)
             raise
         data = codec.encode(result)
-        await self.resumes.finish(req.review_id, data, self.settings.resume_ttl_s)
-        # The agent's retry carries its own request, so the reply is kept under that one's print.
-        await self.idempotency.finish(req.request.invocation_id, fingerprint(req.request), data)
+        try:  # stored before settled, as for a new invocation
+            await self.resumes.finish(req.review_id, data, self.settings.resume_ttl_s)
+            # The agent's retry carries its own request, so the reply is kept under that one's print.
+            await self.idempotency.finish(req.request.invocation_id, fingerprint(req.request), data)
+        finally:
+            await run.settle_used()
         run.record(result)
         await asyncio.sleep(0)  # the events enter the connection's buffer ahead of the result
         await self.bus.nc.publish(names.result(self.settings.env, request.invocation_id), data)

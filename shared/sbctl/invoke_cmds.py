@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from shared import names
 from shared.contracts import (
     AttemptEvent,
+    AttemptStartedEvent,
     BudgetBreachEvent,
     BudgetUnavailableEvent,
     CircuitEvent,
@@ -115,12 +116,13 @@ async def trace(args, settings) -> int:
         )
         if inv.error:
             print(f"  error [{inv.error.code}]: {inv.error.message}")
+    finished = {e.attempt_id for e in reply.events if isinstance(e, AttemptEvent) and e.attempt_id}
     rows = [
         {
             "time": datetime.fromtimestamp(e.ts, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
             "kind": e.kind.value,
             "service": e.service,
-            "detail": _detail(e),
+            "detail": _detail(e, finished),
         }
         for e in reply.events
     ]
@@ -128,13 +130,16 @@ async def trace(args, settings) -> int:
     return 0
 
 
-def _detail(e: Event) -> str:
-    """One line on what an event says, per kind."""
+def _detail(e: Event, finished: set[str]) -> str:
+    """One line on what an event says, per kind (`finished`: the attempt ids that ended)."""
     match e:
         case InvocationEvent():
             return f"{e.status.value} via {e.provider}/{e.model}"
         case AttemptEvent():
             return f"tier {e.tier} {e.provider}/{e.model}: {e.outcome.value} ({e.latency_ms} ms)"
+        case AttemptStartedEvent():
+            end = "" if e.attempt_id in finished else ", never finished (the gateway stopped during the call)"
+            return f"tier {e.tier} {e.provider}/{e.model}: call {e.attempt_id} started{end}"
         case FallbackEvent():
             return f"{e.from_provider}/{e.from_model} -> {e.to_provider}/{e.to_model}: {e.reason}"
         case RateLimitEvent():

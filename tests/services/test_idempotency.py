@@ -139,3 +139,32 @@ async def test_refusals_replays_and_duplicates_take_no_router_tier(running, redi
 
     assert await primary_requests(running) == before + 2
     assert (await running.sim.control.stats())["total"] == 2
+
+
+async def test_a_stored_reply_whose_settle_was_lost_is_settled_by_its_replay(running, redis, monkeypatch):
+    """The gateway died between storing the reply and sending its settle (the settle is dropped
+    here): the reservation is still held; the agent's retry is a replay, and it settles."""
+    gateway = running["gateway"]
+    lost = []
+
+    async def dropped(settle, lifetime_s):
+        lost.append(settle)
+
+    monkeypatch.setattr(gateway.settler, "send", dropped)
+    client = await running.client()
+    first = await client.invoke(WORKFLOW, "hello", invocation_id="lost-settle", session_id="s-lost")
+    assert first.status is Status.SUCCESS and len(lost) == 1
+    (session, spend) = await session_ledger(running, redis, "s-lost")
+    assert session[0] == 0 and session[1] > 0 and spend[1] > 0  # held, never settled
+    monkeypatch.undo()
+
+    again = await client.invoke(WORKFLOW, "hello", invocation_id="lost-settle", session_id="s-lost")
+    assert again.model_dump() == first.model_dump()
+    used = first.usage.prompt_tokens + first.usage.completion_tokens
+
+    async def settled():
+        (session, spend) = await session_ledger(running, redis, "s-lost")
+        return session == (used, 0) and spend[1] == 0 and spend[0] > 0
+
+    await wait_for(settled, message=f"the replay to settle the {used} tokens once")
+    assert (await running.sim.control.stats())["total"] == 1

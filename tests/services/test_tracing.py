@@ -82,6 +82,7 @@ async def test_a_fallback_invocation_is_one_trace_across_every_hop(stack, export
             "chat gpt-sim-large": 1,
             "chat claude-sim-sonnet": 1,
             "router router.outcome": 1,
+            "record attempt_started": 2,
             "record attempt": 2,
             "record fallback": 1,
             "record invocation": 1,
@@ -145,6 +146,8 @@ async def test_a_fallback_invocation_is_one_trace_across_every_hop(stack, export
     recorded = sorted((s.name, s.parent_id) for s in spans if s.service == "switchboard-recorder")
     assert recorded == sorted(
         [
+            ("record attempt_started", gateway.span_id),
+            ("record attempt_started", gateway.span_id),
             ("record attempt", gateway.span_id),
             ("record attempt", gateway.span_id),
             ("record fallback", gateway.span_id),

@@ -16,6 +16,7 @@ from shared.contracts import (
     Attempt,
     AttemptEvent,
     AttemptOutcome,
+    AttemptStartedEvent,
     BudgetBreachEvent,
     BudgetScope,
     BudgetUnavailableEvent,
@@ -75,7 +76,9 @@ def samples(iid: str) -> list[Event]:
             latency_ms=3.25,
             status_code=429,
             reason="slow down",
+            attempt_id="a1",
         ),
+        AttemptStartedEvent(**scoped, attempt_id="a1", tier=0, provider="openai-sim", model="gpt-sim-large"),
         FallbackEvent(
             **scoped,
             from_tier=0,
@@ -213,9 +216,9 @@ async def test_every_kind_walks_from_emit_through_the_recorder_to_sbctl_trace(st
     async def traced() -> TraceReply | None:
         code, out, _ = await run_sbctl(stack.infra, "trace", iid, "--env", stack.env, "--json")
         reply = codec.decode(out.encode(), TraceReply) if code == 0 else None
-        return reply if reply and reply.invocation and len(reply.events) == 8 else None
+        return reply if reply and reply.invocation and len(reply.events) == 9 else None
 
-    reply = await wait_for(traced, timeout=30, interval=0.2, message="sbctl trace to show eight events")
+    reply = await wait_for(traced, timeout=30, interval=0.2, message="sbctl trace to show nine events")
     assert reply.invocation.model_dump() == sent[EventKind.INVOCATION].model_dump()
     by_kind = {e.kind: e for e in reply.events}
     scoped = set(EventKind) - {EventKind.CONFIG, EventKind.PROVIDER_BLOCK, EventKind.LEVER}
@@ -235,6 +238,7 @@ async def test_every_kind_walks_from_emit_through_the_recorder_to_sbctl_trace(st
     assert "asked max_tokens 64, prompt estimate 13" in out
     for line in (
         "tier 0 openai-sim/gpt-sim-large: rate_limited (3.25 ms)",
+        "tier 0 openai-sim/gpt-sim-large: call a1 started",
         "openai-sim/gpt-sim-large -> anthropic-sim/claude-sim-sonnet: rate_limited",
         "openai-sim/gpt-sim-large: provider_429",
         "openai-sim: circuit open after 5 failures for 30s",

@@ -57,6 +57,11 @@ class QueueSpec(_Spec):
             raise ValueError(f"escalate_to is only used with on_timeout: escalate, not {self.on_timeout}")
         return self
 
+    @property
+    def timeout_action(self) -> str:
+        """What the deadline does, as reviewers and operators are shown it: `escalate -> queue`."""
+        return self.on_timeout.value + (f" -> {self.escalate_to}" if self.escalate_to else "")
+
 
 class Condition(_Spec):
     """Operators on one value; all that are given must hold."""

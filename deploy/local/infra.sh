@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Make the local infrastructure for Switchboard reachable:
 #   NATS (with JetStream) at $SB_NATS_URL, Redis at $SB_REDIS_URL, PostgreSQL at $SB_DATABASE_URL,
-#   and Prometheus's binaries (prometheus, promtool) installed.
+#   Prometheus's binaries (prometheus, promtool) and the test tools (kubectl, openssl, chromium) installed.
 # Anything that already answers on the URL's host:port is left alone. Missing local
 # (loopback) dependencies are started (and, as root on Debian, installed). Then the
 # database named in SB_DATABASE_URL is created if missing and migrations are applied.
@@ -311,22 +311,20 @@ run_migrations() {
 }
 
 # ---------------------------------------------------------------------------- test tools
-ensure_test_tools() {  # kubectl renders deploy/k8s (Debian's kubernetes-client); openssl makes test certificates
-  # Only tests need them: warn, so that `make run` on a machine without them still starts.
-  if ! command -v kubectl >/dev/null 2>&1; then
-    if apt_install kubernetes-client; then
-      say "kubectl: installed (kubernetes-client)"
-    else
-      say "kubectl: WARNING: not installed and could not install it (apt-get install kubernetes-client)"
-    fi
+ensure_test_tool() {  # command debian-package
+  command -v "$1" >/dev/null 2>&1 && return 0
+  if apt_install "$2"; then
+    say "$1: installed ($2)"
+  else
+    say "$1: WARNING: not installed and could not install it (apt-get install $2)"
   fi
-  if ! command -v openssl >/dev/null 2>&1; then
-    if apt_install openssl; then
-      say "openssl: installed"
-    else
-      say "openssl: WARNING: not installed and could not install it (apt-get install openssl)"
-    fi
-  fi
+}
+
+# Only tests need these: warn, so that `make run` on a machine without them still starts.
+ensure_test_tools() {
+  ensure_test_tool kubectl kubernetes-client  # renders deploy/k8s
+  ensure_test_tool openssl openssl            # makes test certificates
+  ensure_test_tool chromium chromium          # the reviewer console's browser tests (Playwright never downloads one)
 }
 
 # ---------------------------------------------------------------------------- Prometheus

@@ -57,7 +57,8 @@ log = logging.getLogger("switchboard.hitl")
 
 class HitlSettings(Settings):
     http_port: int = 9105
-    api_port: int = 9106  # the reviewers' HTTP API
+    api_port: int = 9106  # the reviewers' HTTP API and their console in the browser (/console/)
+    console_refresh_s: float = 5.0  # how often the console refreshes an inbox or a review's state
     sweep_interval_s: float = 1.0  # timeouts, SLA breaches, gauges, decided reviews to act on
     resume_margin_s: float = 15.0  # lease on a decided review beyond the workflow's worst case
 
@@ -184,8 +185,7 @@ class HitlService(Service):
                     sla_s=spec.sla_s,
                     late=late,
                     sla_state="empty" if not depth else ("late" if late else "ok"),
-                    on_timeout=spec.on_timeout.value
-                    + (f" -> {spec.escalate_to}" if spec.escalate_to else ""),
+                    on_timeout=spec.timeout_action,
                     timeout_s=spec.timeout_s,
                 )
             )

@@ -69,6 +69,13 @@ _INSERT = """insert into hitl_reviews (id, env, invocation_id, stage, workflow, 
             now() + make_interval(secs => $16), now() + make_interval(secs => $17), $18)"""
 
 
+# A review as the reviewers see it: with its age and whether it is past its SLA.
+_AGED = (
+    "select *, extract(epoch from now() - requested_at) as age_s, sla_deadline <= now() as late"
+    " from hitl_reviews"
+)
+
+
 class Store:
     def __init__(self, pool: asyncpg.Pool, env: str) -> None:
         self.pool = pool
@@ -164,8 +171,7 @@ class Store:
 
     async def get(self, review_id: str) -> Row | None:
         return await self.pool.fetchrow(
-            "select *, extract(epoch from now() - requested_at) as age_s, sla_deadline <= now() as late"
-            " from hitl_reviews where env = $1 and id = $2",
+            _AGED + " where env = $1 and id = $2",
             self.env,
             review_id,
         )
@@ -180,9 +186,7 @@ class Store:
 
     async def pending(self, queue: str, limit: int = 100) -> list[Row]:
         return await self.pool.fetch(
-            "select *, extract(epoch from now() - requested_at) as age_s, sla_deadline <= now() as late"
-            " from hitl_reviews where env = $1 and queue = $2 and state = 'pending'"
-            " order by requested_at, id limit $3",
+            _AGED + " where env = $1 and queue = $2 and state = 'pending' order by requested_at, id limit $3",
             self.env,
             queue,
             limit,
@@ -473,6 +477,32 @@ class Store:
             since,
             until,
             queues,
+        )
+
+    async def history(
+        self,
+        since: datetime,
+        until: datetime,
+        queues: list[str],
+        reviewer: str | None,
+        decision: str | None,
+        limit: int,
+    ) -> list[Row]:
+        """Reviews decided (or escalated away) in [since, until), newest first; `reviewer` matches
+        any of the approvers of a four-eyes decision."""
+        return await self.pool.fetch(
+            _AGED + " where env = $1 and state <> 'pending' and decided_at >= $2"
+            " and decided_at < $3 and queue = any($4)"
+            " and ($5::text is null or $5 = any(string_to_array(decided_by, ',')))"
+            " and ($6::text is null or decision = $6)"
+            " order by decided_at desc, id limit $7",
+            self.env,
+            since,
+            until,
+            queues,
+            reviewer,
+            decision,
+            limit,
         )
 
 

@@ -1,9 +1,10 @@
 """Run the whole system locally: every service as its own process, a Prometheus scraping them
 with the shipped alerts loaded, the example policy applied, a demo workload across two workflows
 (with a forced fallback and a budget refusal), two refunds held for review (one approved through
-the reviewer API, one left to time out), a summary and what `sbctl stats` and
-`sbctl invocations` make of it, then serve until Ctrl-C (or exit after the demo with
---exit-after-demo) and stop every process.
+the reviewer API, one left to time out), a refund and a letter left pending for a person to
+decide in the reviewer console (its address and a reviewer token are printed), a summary and
+what `sbctl stats` and `sbctl invocations` make of it, then serve until Ctrl-C (or exit after
+the demo with --exit-after-demo) and stop every process.
 
 Usage: python deploy/local/run.py [--exit-after-demo] [--invocations N] [--auth]
 
@@ -293,7 +294,9 @@ def review_demo(env: dict[str, str], run_dir: Path) -> list:
     log("review gates: review timeouts shortened to 5 s for the demo (policy version 2)")
     sbctl_out(env, "config", "apply", str(demo_config), "--reason", "demo: review timeouts of 5 s")
     reviewer = f"demo-reviewer-{int(time.time())}"  # a new one each run: a token is shown only once
-    added = sbctl_out(env, "hitl", "reviewers", "add", reviewer, "--queues", "payments", "--json")
+    added = sbctl_out(
+        env, "hitl", "reviewers", "add", reviewer, "--queues", "payments,payments-leads", "--json"
+    )
     issued = json.loads(added)
     started = datetime.now(UTC) - timedelta(seconds=1)
     results = asyncio.run(_reviews(env, issued["token"]))
@@ -302,7 +305,28 @@ def review_demo(env: dict[str, str], run_dir: Path) -> list:
     log(f"the review audit as CSV: sbctl hitl export --from {started.isoformat()} --to {until} --out {audit}")
     sbctl_out(env, "hitl", "export", "--from", started.isoformat(), "--to", until, "--out", str(audit))
     print(audit.read_text(), flush=True)
+    log("review gates: the example policy's timeouts again (policy version 3), for a person to review")
+    sbctl_out(env, "config", "apply", "config", "--reason", "demo: a review left for the console")
+    waiting = asyncio.run(_left_for_console(env))
+    log(f"reviewer console: {HITL_API}/console/ - sign in as {reviewer} with the token {issued['token']}")
+    for held in waiting:
+        log(f"review {held.review_id} waits there for a decision ({held.invocation_id})")
     return results
+
+
+async def _left_for_console(env: dict[str, str]) -> list:
+    """A refund held before the model (pre gate) and a letter held after it (post gate), both
+    left pending for a person to decide in the reviewer console."""
+    async with Client(env["SB_NATS_URL"], env=env["SB_ENV"], agent="demo-agent") as sb:
+        refund = await sb.invoke(
+            "refunds",
+            "Refund order 1044: <b>damaged</b> in transit, photos attached.",
+            metadata={"amount": 750},
+        )
+        letter = await sb.invoke(
+            "refunds", "Write to the customer of order 1044 about the refund.", metadata={"channel": "email"}
+        )
+    return [refund, letter]
 
 
 async def _reviews(env: dict[str, str], token: str) -> list:
@@ -434,7 +458,10 @@ def main() -> None:
             log(f"prometheus: http://127.0.0.1:{PROMETHEUS_PORT} - {prometheus_state()}")
         if args.exit_after_demo:
             return
-        log("serving: gateway metrics at http://127.0.0.1:9101/metrics; Ctrl-C to stop")
+        log(
+            f"serving: gateway metrics at http://127.0.0.1:9101/metrics, the reviewer console at"
+            f" {HITL_API}/console/; Ctrl-C to stop"
+        )
         while all(p.poll() is None for p in procs.procs.values()):
             time.sleep(0.5)
         log("a service exited; stopping the rest")

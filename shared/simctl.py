@@ -1,7 +1,8 @@
 """Async client for the provider simulator's control API (``/_sim/*``).
 
 Used by tests, drills and benchmarks to drive the simulator at run time: inject faults
-(429/500/503/400/hang/malformed/latency), set base latency, read and reset request stats.
+(429/500/503/400/hang/malformed/latency, a stream broken
+after N chunks, a provider ignoring max_tokens), set base latency, read and reset request stats.
 ``base_url`` is the simulator root (e.g. ``http://127.0.0.1:9180``), not a ``/p/<name>``
 provider URL.
 """
@@ -36,8 +37,10 @@ class SimulatorControl:
         count: int | None = None,
         retry_after_s: float | None = None,
         latency_ms: float | None = None,
+        after_chunks: int | None = None,
     ) -> str:
-        """Add a fault rule (newest rule wins) and return its id."""
+        """Add a fault rule (newest rule wins) and return its id. `break` drops the connection
+        after `after_chunks` content chunks of a stream."""
         body = {
             "kind": str(kind),
             "provider": provider,
@@ -45,6 +48,7 @@ class SimulatorControl:
             "count": count,
             "retry_after_s": retry_after_s,
             "latency_ms": latency_ms,
+            "after_chunks": after_chunks,
         }
         return (await self._call("POST", "/_sim/faults", body))["id"]
 

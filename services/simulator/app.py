@@ -1,6 +1,7 @@
 """HTTP app of the provider simulator (dev/test only).
 
-Speaks enough of the OpenAI Chat Completions and Anthropic Messages APIs for the
+Speaks enough of the OpenAI Chat Completions and Anthropic Messages APIs, plain and
+streamed (``stream: true``: server-sent events, one content chunk per word), for the
 gateway, tests, drills and benchmarks to treat it as a real provider, with latency
 and fault injection switchable over ``/_sim/*``. Built on bare ``aiohttp.web`` and
 orjson because benchmarks compare direct calls to it against calls through
@@ -14,12 +15,13 @@ import itertools
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from services.simulator.completions import generate, last_user_text, prompt_tokens
+from services.simulator.completions import generate, last_user_text, pieces, prompt_tokens
 from services.simulator.faults import FaultRule, FaultSpecError, FaultTable
 
 DEFAULT_PROVIDER = "default"
@@ -110,9 +112,59 @@ def _check_max_tokens(value: Any, name: str) -> int | None:
     return value
 
 
+def _check_stream(body: dict[str, Any]) -> bool:
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise _Invalid("'stream' must be a boolean")
+    return stream
+
+
+@dataclass(slots=True)
+class Asked:
+    """A completion request that passed validation: what the answer is made from."""
+
+    model: str
+    messages: list[dict[str, Any]]
+    max_tokens: int | None
+    stream: bool
+    include_usage: bool = False  # OpenAI's stream_options.include_usage
+    system: Any = None  # Anthropic's top-level system prompt
+
+
+@dataclass(slots=True)
+class Answer:
+    provider: str
+    id: str
+    created: int
+    model: str
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    truncated: bool
+
+
+def _answer(prefix: str, provider: str, asked: Asked, max_tokens: int | None) -> Answer:
+    text, completion, truncated = generate(provider, asked.model, last_user_text(asked.messages), max_tokens)
+    return Answer(
+        provider=provider,
+        id=f"{prefix}{_ID_PREFIX}{next(_seq):08x}",
+        created=int(time.time()),
+        model=asked.model,
+        text=text,
+        prompt_tokens=prompt_tokens(asked.messages, asked.system),
+        completion_tokens=completion,
+        truncated=truncated,
+    )
+
+
+# An answer as server-sent events: (head, one event per content chunk, tail).
+Events = tuple[list[bytes], list[bytes], list[bytes]]
+
+
 class OpenAI:
     """OpenAI Chat Completions wire format."""
 
+    id_prefix = "chatcmpl-"
     error_types = {
         400: ("invalid_request_error", None),
         401: ("invalid_request_error", "invalid_api_key"),
@@ -139,27 +191,35 @@ class OpenAI:
         return _json(payload, status, headers)
 
     @staticmethod
-    def reply(provider: str, model: str, body: dict[str, Any]) -> web.Response:
+    def check(model: str, body: dict[str, Any]) -> Asked:
         messages = _check_messages(body)
         mct = body.get("max_completion_tokens")
         if mct is not None:
             max_tokens = _check_max_tokens(mct, "max_completion_tokens")
         else:
             max_tokens = _check_max_tokens(body.get("max_tokens"), "max_tokens")
-        text, completion, truncated = generate(provider, model, last_user_text(messages), max_tokens)
-        prompt = prompt_tokens(messages)
-        return _json(
+        stream = _check_stream(body)
+        options = body.get("stream_options")
+        if options is not None and (not stream or not isinstance(options, dict)):
+            raise _Invalid("'stream_options' is only allowed, as an object, when 'stream' is true")
+        include_usage = bool(options and options.get("include_usage"))
+        return Asked(model, messages, max_tokens, stream, include_usage=include_usage)
+
+    @staticmethod
+    def full(answer: Answer) -> bytes:
+        completion, prompt = answer.completion_tokens, answer.prompt_tokens
+        return orjson.dumps(
             {
-                "id": f"chatcmpl-{_ID_PREFIX}{next(_seq):08x}",
+                "id": answer.id,
                 "object": "chat.completion",
-                "created": int(time.time()),
-                "model": model,
+                "created": answer.created,
+                "model": answer.model,
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": text},
+                        "message": {"role": "assistant", "content": answer.text},
                         "logprobs": None,
-                        "finish_reason": "length" if truncated else "stop",
+                        "finish_reason": "length" if answer.truncated else "stop",
                     }
                 ],
                 "usage": {
@@ -170,10 +230,44 @@ class OpenAI:
             }
         )
 
+    @staticmethod
+    def events(answer: Answer, asked: Asked) -> Events:
+        """`chat.completion.chunk` events; with include_usage every chunk has `usage: null` and
+        one more chunk with no choices carries it, before `[DONE]`."""
+        base = {"id": answer.id, "object": "chat.completion.chunk", "created": answer.created}
+        base["model"] = answer.model
+
+        def chunk(delta: dict, finish: str | None = None) -> bytes:
+            body = {
+                **base,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            }
+            if asked.include_usage:
+                body["usage"] = None
+            return _sse(body)
+
+        tail = [chunk({}, "length" if answer.truncated else "stop")]
+        if asked.include_usage:
+            prompt, completion = answer.prompt_tokens, answer.completion_tokens
+            usage = {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+            }
+            tail.append(_sse({**base, "choices": [], "usage": usage}))
+        tail.append(b"data: [DONE]\n\n")
+        head = [chunk({"role": "assistant", "content": ""})]
+        return (
+            head,
+            [chunk({"content": piece}) for piece in pieces(answer.text, answer.provider, answer.model)],
+            tail,
+        )
+
 
 class Anthropic:
     """Anthropic Messages wire format."""
 
+    id_prefix = "msg_"
     error_types = {
         400: "invalid_request_error",
         401: "authentication_error",
@@ -199,7 +293,7 @@ class Anthropic:
         return _json(payload, status, headers)
 
     @staticmethod
-    def reply(provider: str, model: str, body: dict[str, Any]) -> web.Response:
+    def check(model: str, body: dict[str, Any]) -> Asked:
         messages = _check_messages(body)
         if body.get("max_tokens") is None:
             raise _Invalid("max_tokens: Field required")
@@ -207,22 +301,65 @@ class Anthropic:
         system = body.get("system")
         if system is not None and not isinstance(system, str | list):
             raise _Invalid("'system' must be a string or an array of text blocks")
-        text, completion, truncated = generate(provider, model, last_user_text(messages), max_tokens)
-        return _json(
-            {
-                "id": f"msg_{_ID_PREFIX}{next(_seq):08x}",
-                "type": "message",
-                "role": "assistant",
-                "model": model,
-                "content": [{"type": "text", "text": text}],
-                "stop_reason": "max_tokens" if truncated else "end_turn",
-                "stop_sequence": None,
-                "usage": {
-                    "input_tokens": prompt_tokens(messages, system),
-                    "output_tokens": completion,
+        return Asked(model, messages, max_tokens, _check_stream(body), system=system)
+
+    @staticmethod
+    def _message(answer: Answer, content: list, stop_reason: str | None, output_tokens: int) -> dict:
+        return {
+            "id": answer.id,
+            "type": "message",
+            "role": "assistant",
+            "model": answer.model,
+            "content": content,
+            "stop_reason": stop_reason,
+            "stop_sequence": None,
+            "usage": {"input_tokens": answer.prompt_tokens, "output_tokens": output_tokens},
+        }
+
+    @classmethod
+    def full(cls, answer: Answer) -> bytes:
+        stop = "max_tokens" if answer.truncated else "end_turn"
+        content = [{"type": "text", "text": answer.text}]
+        return orjson.dumps(cls._message(answer, content, stop, answer.completion_tokens))
+
+    @classmethod
+    def events(cls, answer: Answer, asked: Asked) -> Events:
+        """message_start, content_block_start, ping, one content_block_delta per chunk, then
+        content_block_stop, message_delta (stop reason, output tokens) and message_stop."""
+        head = [
+            _sse({"type": "message_start", "message": cls._message(answer, [], None, 1)}, "message_start"),
+            _sse(
+                {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+                "content_block_start",
+            ),
+            _sse({"type": "ping"}, "ping"),
+        ]
+        chunks = [
+            _sse(
+                {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}},
+                "content_block_delta",
+            )
+            for piece in pieces(answer.text, answer.provider, answer.model)
+        ]
+        stop = "max_tokens" if answer.truncated else "end_turn"
+        tail = [
+            _sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
+            _sse(
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": stop, "stop_sequence": None},
+                    "usage": {"output_tokens": answer.completion_tokens},
                 },
-            }
-        )
+                "message_delta",
+            ),
+            _sse({"type": "message_stop"}, "message_stop"),
+        ]
+        return head, chunks, tail
+
+
+def _sse(payload: dict, event: str | None = None) -> bytes:
+    data = b"data: " + orjson.dumps(payload) + b"\n\n"
+    return b"event: " + event.encode() + b"\n" + data if event else data
 
 
 # --- completion pipeline -----------------------------------------------------------------
@@ -268,7 +405,9 @@ async def _fault_response(
     return api.error(500, "Internal server error (simulated)")
 
 
-async def _complete(request: web.Request, api: type[OpenAI] | type[Anthropic], provider: str) -> web.Response:
+async def _complete(
+    request: web.Request, api: type[OpenAI] | type[Anthropic], provider: str
+) -> web.StreamResponse:
     state = request.app[STATE]
     try:
         body = orjson.loads(await request.read())
@@ -288,18 +427,58 @@ async def _complete(request: web.Request, api: type[OpenAI] | type[Anthropic], p
 
     # Validate before matching faults so a malformed request never consumes a rule.
     try:
-        response = api.reply(provider, model, body)
+        asked = api.check(model, body)
     except _Invalid as exc:
         return api.error(400, str(exc))
 
     latency = state.latency_for(provider)
+    max_tokens, break_after = asked.max_tokens, None
     rule = state.faults.match(provider, model)
     if rule is not None:
-        if rule.kind != "latency":
+        if rule.kind == "latency":
+            latency += rule.latency_ms
+        elif rule.kind == "overrun":
+            max_tokens = None
+        elif rule.kind == "break":
+            break_after = rule.after_chunks
+        else:
             return await _fault_response(api, rule, state, provider, api.presented_key(request))
-        latency += rule.latency_ms
     if latency > 0:
         await asyncio.sleep(latency / 1000.0)
+    answer = _answer(api.id_prefix, provider, asked, max_tokens)
+    if asked.stream:
+        return await _stream(request, api.events(answer, asked), break_after)
+    if break_after is not None:
+        return await _cut(request, api.full(answer))
+    return web.Response(body=api.full(answer), content_type=_JSON)
+
+
+async def _stream(request: web.Request, events: Events, break_after: int | None) -> web.StreamResponse:
+    """Send the events; with `break_after`, only the head and that many content chunks, then
+    drop the connection (no end event, no terminating chunk)."""
+    head, chunks, tail = events
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    if break_after is None:
+        await response.write(b"".join((*head, *chunks, *tail)))
+        await response.write_eof()
+        return response
+    await response.write(b"".join((*head, *chunks[:break_after])))
+    return _drop(request, response)
+
+
+async def _cut(request: web.Request, body: bytes) -> web.StreamResponse:
+    """Half of a non-streamed body, then the connection dropped."""
+    response = web.StreamResponse(headers={"Content-Type": _JSON})
+    response.content_length = len(body)
+    await response.prepare(request)
+    await response.write(body[: len(body) // 2])
+    return _drop(request, response)
+
+
+def _drop(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    if request.transport is not None:
+        request.transport.close()  # what was written is flushed first
     return response
 
 

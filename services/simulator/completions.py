@@ -87,3 +87,11 @@ def generate(provider: str, model: str, prompt: str, max_tokens: int | None) -> 
     if limit < len(words):
         words = words[:limit]
     return f"[{provider}/{model}] " + " ".join(words), len(words), truncated
+
+
+def pieces(text: str, provider: str, model: str) -> list[str]:
+    """A generated text as stream chunks, one per completion token (word): the label rides with
+    the first word, every later word brings its leading space."""
+    label = f"[{provider}/{model}] "
+    first, *rest = text[len(label) :].split(" ")
+    return [label + first, *(f" {word}" for word in rest)]

@@ -11,7 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 # "401" answers as a provider that refuses the key and echoes it back in the error message.
-KINDS = frozenset({"429", "500", "503", "400", "401", "hang", "malformed", "latency"})
+# "break" drops the connection after `after_chunks` content chunks of a stream (part of the body
+# when the request does not stream): a stream that stops half-way without an end event.
+# "overrun" answers as if no max_tokens had been asked for: a provider that ignores the cap.
+KINDS = frozenset({"429", "500", "503", "400", "401", "hang", "malformed", "latency", "break", "overrun"})
 DEFAULT_RETRY_AFTER_S = 1.0
 
 
@@ -28,6 +31,7 @@ class FaultRule:
     remaining: int | None = None  # None = until removed
     retry_after_s: float = DEFAULT_RETRY_AFTER_S
     latency_ms: float = 0.0
+    after_chunks: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -38,6 +42,7 @@ class FaultRule:
             "remaining": self.remaining,
             "retry_after_s": self.retry_after_s,
             "latency_ms": self.latency_ms,
+            "after_chunks": self.after_chunks,
         }
 
 
@@ -87,6 +92,9 @@ class FaultTable:
         latency = _opt_number(spec, "latency_ms")
         if kind == "latency" and latency is None:
             raise FaultSpecError("latency_ms is required for kind 'latency'")
+        after = spec.get("after_chunks")
+        if after is not None and (isinstance(after, bool) or not isinstance(after, int) or after < 0):
+            raise FaultSpecError("after_chunks must be a non-negative integer or null")
         return self.add(
             kind,
             provider=_opt_str(spec, "provider"),
@@ -94,6 +102,7 @@ class FaultTable:
             count=count,
             retry_after_s=DEFAULT_RETRY_AFTER_S if retry_after is None else retry_after,
             latency_ms=latency or 0.0,
+            after_chunks=after or 0,
         )
 
     def add(
@@ -105,6 +114,7 @@ class FaultTable:
         count: int | None = None,
         retry_after_s: float = DEFAULT_RETRY_AFTER_S,
         latency_ms: float = 0.0,
+        after_chunks: int = 0,
     ) -> FaultRule:
         if kind not in KINDS:
             raise FaultSpecError(f"unknown fault kind {kind!r}")
@@ -116,6 +126,7 @@ class FaultTable:
             remaining=count,
             retry_after_s=retry_after_s,
             latency_ms=latency_ms,
+            after_chunks=after_chunks,
         )
         self._rules.append(rule)
         return rule

@@ -508,3 +508,107 @@ async def test_subprocess_serves_and_exits_cleanly_on_sigterm() -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+# --- streaming -----------------------------------------------------------------------------
+
+
+def sse_events(raw: bytes) -> list[tuple[str | None, str]]:
+    """(event name, data) of each server-sent event in a body."""
+    out = []
+    for block in raw.decode().split("\n\n"):
+        if not block.strip():
+            continue
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        out.append((fields.get("event"), fields["data"]))
+    return out
+
+
+async def test_openai_stream_matches_the_plain_answer_with_usage_last(sim: Sim) -> None:
+    plain = (await sim.openai()).json()
+    r = await sim.openai(stream=True, stream_options={"include_usage": True})
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/event-stream")
+    events = [data for _, data in sse_events(r.content)]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(d) for d in events[:-1]]
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+    assert len({c["id"] for c in chunks}) == 1
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    content = [c["choices"][0]["delta"]["content"] for c in chunks[1:-2]]
+    assert "".join(content) == plain["choices"][0]["message"]["content"]
+    assert len(content) == plain["usage"]["completion_tokens"]  # one chunk per token
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    assert all(c["usage"] is None for c in chunks[:-1])
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"] == plain["usage"]
+
+    bare = [data for _, data in sse_events((await sim.openai(stream=True, max_tokens=2)).content)]
+    assert "usage" not in json.loads(bare[0])
+    assert json.loads(bare[-2])["choices"][0]["finish_reason"] == "length"
+    assert len(bare) == 1 + 2 + 1 + 1  # role, two words, finish, [DONE]
+
+
+async def test_anthropic_stream_events_in_order_with_usage(sim: Sim) -> None:
+    plain = (await sim.anthropic()).json()
+    r = await sim.anthropic(stream=True)
+    assert r.status_code == 200
+    events = sse_events(r.content)
+    names = [name for name, _ in events]
+    n = plain["usage"]["output_tokens"]
+    assert names == [
+        "message_start",
+        "content_block_start",
+        "ping",
+        *["content_block_delta"] * n,
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    bodies = [json.loads(data) for _, data in events]
+    assert all(b["type"] == name for name, b in zip(names, bodies, strict=True))
+    assert bodies[0]["message"]["usage"]["input_tokens"] == plain["usage"]["input_tokens"]
+    text = "".join(b["delta"]["text"] for b in bodies if b["type"] == "content_block_delta")
+    assert text == plain["content"][0]["text"]
+    assert bodies[-2]["delta"]["stop_reason"] == "end_turn"
+    assert bodies[-2]["usage"] == {"output_tokens": n}
+
+
+async def test_break_fault_drops_a_stream_after_n_chunks(sim: Sim) -> None:
+    await sim.ctl.add_fault("break", provider="openai-sim", after_chunks=5, count=1)
+    received = b""
+    with pytest.raises(httpx.RemoteProtocolError):
+        async with sim.http.stream(
+            "POST",
+            "/p/openai-sim/v1/chat/completions",
+            json={"model": "m", "stream": True, "messages": [{"role": "user", "content": "x"}]},
+            headers=OA_AUTH,
+        ) as r:
+            assert r.status_code == 200
+            async for part in r.aiter_bytes():
+                received += part
+    events = [data for _, data in sse_events(received)]
+    assert len(events) == 1 + 5  # the role chunk, then five content chunks; no end, no [DONE]
+    assert all(json.loads(d)["choices"][0]["finish_reason"] is None for d in events)
+
+    await sim.ctl.add_fault("break", provider="anthropic-sim", after_chunks=0, count=1)
+    with pytest.raises(httpx.RemoteProtocolError):
+        await sim.anthropic()  # not streamed: half a body, then the connection dropped
+    assert (await sim.anthropic(stream=True)).status_code == 200  # the rule was used up
+
+
+async def test_overrun_fault_ignores_max_tokens(sim: Sim) -> None:
+    full = (await sim.openai()).json()["usage"]["completion_tokens"]
+    await sim.ctl.add_fault("overrun", count=1)
+    data = (await sim.openai(max_tokens=2)).json()
+    assert data["usage"]["completion_tokens"] == full > 2
+    assert data["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_invalid_stream_requests_are_400(sim: Sim) -> None:
+    assert_openai_error(await sim.openai(stream="yes"), 400, "invalid_request_error")
+    assert_openai_error(
+        await sim.openai(stream_options={"include_usage": True}), 400, "invalid_request_error"
+    )
+    r = await sim.http.post("/_sim/faults", json={"kind": "break", "after_chunks": -1})
+    assert r.status_code == 400

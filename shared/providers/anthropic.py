@@ -1,9 +1,12 @@
-"""Anthropic Messages API: system prompts move to `system`, usage comes back as input/output."""
+"""Anthropic Messages API: system prompts move to `system`, usage comes back as input/output;
+streamed as message_start, content_block_delta..., message_delta (usage), message_stop."""
 
 from __future__ import annotations
 
-from shared.contracts import Message
-from shared.providers.base import CallParams, Completion, ProviderAdapter
+import orjson
+
+from shared.contracts import AttemptOutcome, Message
+from shared.providers.base import CallParams, Completion, ProviderAdapter, ProviderCallError, ProviderStream
 
 API_VERSION = "2023-06-01"
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
@@ -47,3 +50,31 @@ class AnthropicAdapter(ProviderAdapter):
             finish_reason=STOP_REASONS.get(reason, reason),
             model=data.get("model"),
         )
+
+    def stream_body(self, model: str, messages: list[Message], params: CallParams) -> dict:
+        return {**self.body(model, messages, params), "stream": True}
+
+    def read_event(self, stream: ProviderStream, event: str | None, data: str) -> str | None:
+        body = orjson.loads(data)
+        kind = body.get("type", event)
+        if kind == "content_block_delta":
+            delta = body["delta"]
+            return delta["text"] if delta.get("type") == "text_delta" else None
+        if kind == "message_start":
+            message = body["message"]
+            stream.model = message.get("model")
+            stream.prompt_tokens = int((message.get("usage") or {}).get("input_tokens", 0))
+        elif kind == "message_delta":
+            reason = (body.get("delta") or {}).get("stop_reason")
+            stream.finish_reason = STOP_REASONS.get(reason, reason)
+            output = (body.get("usage") or {}).get("output_tokens")
+            if output is not None:
+                stream.completion_tokens = int(output)
+        elif kind == "message_stop":
+            stream.ended = True
+        elif kind == "error":
+            error = body.get("error") or {}
+            raise ProviderCallError(
+                AttemptOutcome.SERVER_ERROR, f"error event: {error.get('type')}: {error.get('message')}"
+            )
+        return None

@@ -1,10 +1,12 @@
-"""What every adapter shares: the call with its deadline, and the classification of failures
-into attempt outcomes (which decide whether the next tier is tried)."""
+"""What every adapter shares: the call with its deadline, the streamed call, and the
+classification of failures into attempt outcomes (which decide whether the next tier is tried)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
@@ -55,6 +57,53 @@ class ProviderCallError(Exception):
         return self.outcome is not AttemptOutcome.CLIENT_ERROR
 
 
+class ProviderStream:
+    """A streamed answer being read. Iterating yields the text pieces in order; the provider's
+    usage and finish reason are kept as its events bring them (`prompt_tokens`,
+    `completion_tokens`: None until said). Iteration ends cleanly only on the API's end event
+    (`ended`); a stream that stops without it, says `error`, goes quiet for `idle_s` or cannot
+    be read raises `ProviderCallError`."""
+
+    def __init__(self, adapter: ProviderAdapter, response: httpx.Response, idle_s: float) -> None:
+        self.adapter = adapter
+        self.response = response
+        self.idle_s = idle_s
+        self.prompt_tokens: int | None = None
+        self.completion_tokens: int | None = None
+        self.finish_reason: str | None = None
+        self.model: str | None = None
+        self.ended = False
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        loop = asyncio.get_running_loop()
+        event: str | None = None
+        try:
+            async with asyncio.timeout(loop.time() + self.idle_s) as idle:
+                async for line in self.response.aiter_lines():
+                    idle.reschedule(loop.time() + self.idle_s)
+                    if line.startswith("data:"):
+                        piece = self.adapter.read_event(self, event, line[5:].strip())
+                        if piece:
+                            yield piece
+                        if self.ended:
+                            return
+                    elif line.startswith("event:"):
+                        event = line[6:].strip()
+                    elif not line:
+                        event = None
+        except TimeoutError as exc:
+            raise ProviderCallError(AttemptOutcome.TIMEOUT, f"stream idle for {self.idle_s:g}s") from exc
+        except httpx.HTTPError as exc:
+            raise ProviderCallError(
+                AttemptOutcome.CONNECTION_ERROR, f"stream broken: {type(exc).__name__}"
+            ) from exc
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+            raise ProviderCallError(
+                AttemptOutcome.MALFORMED, f"unreadable event: {type(exc).__name__}"
+            ) from exc
+        raise ProviderCallError(AttemptOutcome.CONNECTION_ERROR, "stream ended without its end event")
+
+
 class ProviderAdapter:
     """Base of the API adapters; subclasses build the request body and read the answer."""
 
@@ -77,6 +126,38 @@ class ProviderAdapter:
     def parse(self, data: dict) -> Completion:
         raise NotImplementedError
 
+    def stream_body(self, model: str, messages: list[Message], params: CallParams) -> dict:
+        raise NotImplementedError
+
+    def read_event(self, stream: ProviderStream, event: str | None, data: str) -> str | None:
+        """One server-sent event of a stream: its text piece, if any; records usage, finish
+        reason and the end on `stream`; raises `ProviderCallError` on an error event."""
+        raise NotImplementedError
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, model: str, messages: list[Message], params: CallParams, timeout_s: float
+    ) -> AsyncIterator[ProviderStream]:
+        """Open a streamed call; the provider must start answering within `timeout_s`, and then
+        never go quiet for longer. Raises `ProviderCallError` before the stream when the call
+        fails as a whole (as `complete` would); leaving the block closes the connection."""
+        payload = orjson.dumps(self.stream_body(model, messages, params))
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    response = await stack.enter_async_context(
+                        self.client.stream("POST", self.url, content=payload, headers=self.headers)
+                    )
+                    if response.status_code >= 400:
+                        await response.aread()
+            except TimeoutError as exc:
+                raise ProviderCallError(AttemptOutcome.TIMEOUT, f"no answer within {timeout_s:g}s") from exc
+            except httpx.HTTPError as exc:
+                raise _transport_error(exc) from exc
+            if response.status_code >= 400:
+                raise self._http_error(response)
+            yield ProviderStream(self, response, timeout_s)
+
     async def complete(
         self, model: str, messages: list[Message], params: CallParams, timeout_s: float
     ) -> Completion:
@@ -87,16 +168,8 @@ class ProviderAdapter:
                 response = await self.client.post(self.url, content=payload, headers=self.headers)
         except TimeoutError as exc:
             raise ProviderCallError(AttemptOutcome.TIMEOUT, f"no answer within {timeout_s:g}s") from exc
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise ProviderCallError(
-                AttemptOutcome.CONNECTION_ERROR, f"cannot connect: {type(exc).__name__}"
-            ) from exc
-        except httpx.TimeoutException as exc:
-            raise ProviderCallError(AttemptOutcome.TIMEOUT, f"timed out: {type(exc).__name__}") from exc
         except httpx.HTTPError as exc:
-            raise ProviderCallError(
-                AttemptOutcome.CONNECTION_ERROR, f"transport error: {type(exc).__name__}"
-            ) from exc
+            raise _transport_error(exc) from exc
         status = response.status_code
         if status >= 400:
             raise self._http_error(response)
@@ -123,6 +196,14 @@ class ProviderAdapter:
             outcome = AttemptOutcome.SERVER_ERROR if status != 408 else AttemptOutcome.TIMEOUT
             return ProviderCallError(outcome, message, status_code=status)
         return ProviderCallError(AttemptOutcome.CLIENT_ERROR, message, status_code=status)
+
+
+def _transport_error(exc: httpx.HTTPError) -> ProviderCallError:
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return ProviderCallError(AttemptOutcome.CONNECTION_ERROR, f"cannot connect: {type(exc).__name__}")
+    if isinstance(exc, httpx.TimeoutException):
+        return ProviderCallError(AttemptOutcome.TIMEOUT, f"timed out: {type(exc).__name__}")
+    return ProviderCallError(AttemptOutcome.CONNECTION_ERROR, f"transport error: {type(exc).__name__}")
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -6,6 +6,7 @@ Retry-After parsing."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 import pytest
@@ -371,3 +372,123 @@ async def test_answers_of_any_shape_are_classified(
     assert isinstance(raised, ProviderCallError), f"unclassified: {raised!r}"
     assert raised.outcome is outcome
     assert raised.status_code == status
+
+
+# --- streaming -----------------------------------------------------------------------------
+
+
+async def read_stream(adapter, params=None, timeout_s=5.0):
+    """(pieces, the stream) of one streamed call, read to its end."""
+    pieces = []
+    async with adapter.stream(
+        MODEL[adapter.name], CONVERSATION, params or CallParams(max_tokens=200), timeout_s
+    ) as s:
+        async for piece in s:
+            pieces.append(piece)
+    return pieces, s
+
+
+@pytest.mark.parametrize("name", ["openai-sim", "anthropic-sim"])
+async def test_a_stream_yields_the_answer_in_pieces_with_usage_at_the_end(pool, name):
+    adapter = pool.get(name)
+    whole = await call(adapter)
+
+    pieces, stream = await read_stream(adapter)
+
+    assert "".join(pieces) == whole.output
+    assert len(pieces) == whole.completion_tokens > 1  # the simulator sends one word per chunk
+    assert stream.ended
+    assert (stream.prompt_tokens, stream.completion_tokens) == (whole.prompt_tokens, whole.completion_tokens)
+    assert stream.finish_reason == "stop"
+    assert stream.model == MODEL[name]
+
+    _, capped = await read_stream(adapter, CallParams(max_tokens=2))
+    assert (capped.completion_tokens, capped.finish_reason) == (2, "length")
+
+
+@pytest.mark.parametrize("name", ["openai-sim", "anthropic-sim"])
+async def test_a_stream_broken_after_five_chunks_raises_after_them(pool, simulator, name):
+    await simulator.control.add_fault("break", provider=name, after_chunks=5, count=1)
+    pieces = []
+    with pytest.raises(ProviderCallError) as caught:
+        async with pool.get(name).stream(MODEL[name], CONVERSATION, CallParams(max_tokens=200), 5.0) as s:
+            async for piece in s:
+                pieces.append(piece)
+    assert len(pieces) == 5
+    assert caught.value.outcome is AttemptOutcome.CONNECTION_ERROR
+    assert not s.ended
+
+
+@pytest.mark.parametrize("name", ["openai-sim", "anthropic-sim"])
+async def test_a_stream_that_fails_as_a_whole_raises_before_any_piece(pool, simulator, name):
+    await simulator.control.add_fault("429", provider=name, count=1, retry_after_s=3)
+    with pytest.raises(ProviderCallError) as caught:
+        async with pool.get(name).stream(MODEL[name], CONVERSATION, CallParams(max_tokens=9), 5.0):
+            pytest.fail("a refused call has no stream")
+    assert (caught.value.outcome, caught.value.retry_after_s) == (AttemptOutcome.RATE_LIMITED, 3)
+    assert OPENAI_KEY not in caught.value.message and ANTHROPIC_KEY not in caught.value.message
+
+    await simulator.control.add_fault("hang", provider=name, count=1)
+    with pytest.raises(ProviderCallError) as caught:
+        async with pool.get(name).stream(MODEL[name], CONVERSATION, CallParams(max_tokens=9), 0.3):
+            pytest.fail("a silent provider has no stream")
+    assert caught.value.outcome is AttemptOutcome.TIMEOUT
+
+
+ANTHROPIC_ERROR_STREAM = (
+    b"event: message_start\n"
+    b'data: {"type":"message_start","message":{"model":"m","usage":{"input_tokens":7}}}\n\n'
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+    b'"delta":{"type":"text_delta","text":"Hel"}}\n\n'
+    b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}\n\n'
+)
+
+
+async def test_an_error_event_mid_stream_is_a_server_error(simulator, monkeypatch):
+    async with fixed_provider(200, ANTHROPIC_ERROR_STREAM, "text/event-stream") as url:
+        doc = policy_doc(simulator)
+        doc["providers"]["anthropic-sim"]["base_url"] = url
+        async with adapters(doc) as p:
+            adapter = p.get("anthropic-sim")
+            with pytest.raises(ProviderCallError) as caught:
+                await read_stream(adapter)
+    assert caught.value.outcome is AttemptOutcome.SERVER_ERROR
+    assert "Overloaded" in caught.value.message
+
+
+async def test_pieces_arrive_while_the_provider_is_still_answering(simulator):
+    """The first piece reaches the caller before the provider has sent the rest: the provider
+    waits for the caller to have it, so a transport that buffered the body would hang here."""
+    seen_first = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b'data: {"choices":[{"index":0,"delta":{"content":"first"}}]}\n\n')
+        await asyncio.wait_for(seen_first.wait(), 5)
+        await response.write(
+            b'data: {"choices":[{"index":0,"delta":{"content":" second"}}]}\n\ndata: [DONE]\n\n'
+        )
+        return response
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        doc = policy_doc(simulator)
+        doc["providers"]["openai-sim"]["base_url"] = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+        async with adapters(doc) as p:
+            pieces = []
+            async with p.get("openai-sim").stream(
+                "gpt-sim-large", CONVERSATION, CallParams(max_tokens=9), 5
+            ) as s:
+                async for piece in s:
+                    pieces.append(piece)
+                    seen_first.set()
+    finally:
+        await runner.cleanup()
+    assert pieces == ["first", " second"]
+    assert s.ended and s.completion_tokens is None  # this provider did not report usage

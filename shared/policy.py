@@ -168,6 +168,9 @@ class WorkflowSpec(Spec):
     # passthrough calls the tiers' providers directly, unenforced, recorded and uploaded later.
     degradation: Degradation = Degradation.FAIL_CLOSED
     owner: str | None = None
+    # Whether agents may stream answers. A post-stage review holds the output before the agent
+    # sees it, so a workflow any post rule can match must say false.
+    streaming: bool = True
 
 
 class AgentBudget(Spec):
@@ -199,7 +202,8 @@ class Policy(Spec):
             self.model_dump(mode="json")
         )
         passthrough = {w for w, spec in self.workflows.items() if spec.degradation is Degradation.PASSTHROUGH}
-        reviews = check_review_policy(self.review_queues, self.review_rules, passthrough)
+        streaming = {w for w, spec in self.workflows.items() if spec.streaming}
+        reviews = check_review_policy(self.review_queues, self.review_rules, passthrough, streaming)
         problems += [tuple(p.split(": ", 1)) for p in reviews]
         if problems:
             raise ValueError("; ".join(f"{path}: {message}" for path, message in problems))

@@ -146,11 +146,12 @@ def workflows_matched(rule: RuleSpec, workflows) -> list[str]:
 
 
 def check_review_policy(
-    queues: dict[str, QueueSpec], rules: dict[str, RuleSpec], passthrough: set[str]
+    queues: dict[str, QueueSpec], rules: dict[str, RuleSpec], passthrough: set[str], streaming: set[str]
 ) -> list[str]:
     """Cross-references: rules name declared queues; escalation targets exist and end somewhere;
     no reviewed workflow passes through to providers when the control plane is unreachable (that
-    would skip the review)."""
+    would skip the review); no workflow whose output a post rule holds streams (its chunks would
+    reach the agent before the reviewer)."""
     problems = []
     for name, rule in rules.items():
         if rule.queue not in queues:
@@ -160,6 +161,13 @@ def check_review_policy(
                 f"review_rules.{name}.when.workflow: workflow {workflow!r} has degradation: passthrough,"
                 " which would skip this review while the control plane is unreachable; make it fail_closed"
             )
+        if rule.stage is Stage.POST:
+            for workflow in workflows_matched(rule, sorted(streaming)):
+                problems.append(
+                    f"review_rules.{name}.when.workflow: workflow {workflow!r} streams (streaming: true,"
+                    " the default), but this post-stage rule holds its output for review before the agent"
+                    " sees it, and a stream cannot be held (set streaming: false on it)"
+                )
     for name, queue in queues.items():
         if queue.escalate_to is None:
             continue

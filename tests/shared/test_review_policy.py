@@ -143,3 +143,23 @@ def test_a_reviewed_workflow_cannot_pass_through_when_the_plane_is_down(cfg):
         cfg, rules={"r": {"stage": "pre", "queue": "payments", "when": {"workflow": "refunds"}}}
     )
     assert scoped.ok, problems(scoped)
+
+
+def test_a_workflow_whose_output_a_post_rule_holds_cannot_stream(cfg):
+    unscoped = with_reviews(cfg, rules={"r": {"stage": "post", "queue": "payments"}})
+    found = [p for p in problems(unscoped) if "streams (streaming: true" in p]
+    assert len(found) == 2, found  # support-triage and research-summary; refunds says false
+    assert all("reviews.yaml: review_rules.r.when.workflow: workflow " in p for p in found), found
+    assert any("'support-triage'" in p and "set streaming: false" in p for p in found)
+
+    pre = with_reviews(
+        cfg, rules={"r": {"stage": "pre", "queue": "payments", "when": {"workflow": "refunds"}}}
+    )
+    assert pre.ok, problems(pre)  # a pre rule holds nothing that was streamed
+    workflows = yaml.safe_load((cfg / "workflows.yaml").read_text())
+    workflows["workflows"]["refunds"]["streaming"] = True
+    (cfg / "workflows.yaml").write_text(yaml.safe_dump(workflows))
+    post = with_reviews(
+        cfg, rules={"r": {"stage": "post", "queue": "payments", "when": {"workflow": "refunds"}}}
+    )
+    assert [p for p in problems(post) if "'refunds' streams" in p]

@@ -41,6 +41,9 @@ from switchboard_sdk.contracts import (  # noqa: F401  (re-exported: the one pla
     ReviewState,
     ReviewStatus,
     Status,
+    StreamChunk,
+    StreamEnd,
+    StreamInfo,
     Strict,
     Usage,
 )
@@ -259,6 +262,7 @@ class InvocationEvent(Event):
     message_count: int = 0
     output_chars: int = 0
     cost_usd: float | None = None  # at the answering model's prices; None when nothing answered
+    stream: StreamInfo | None = None  # a streamed answer: chunks, time to first, how it ended
 
 
 class AttemptEvent(Event):

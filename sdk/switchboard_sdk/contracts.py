@@ -71,6 +71,11 @@ class InvokeRequest(Strict):
         default=None, max_length=8
     )
     metadata: dict[MetadataKey, MetadataInput] = Field(default_factory=dict, max_length=64)
+    # True: stream the answer, as `StreamChunk`s to the requester's own reply inbox, in order, then
+    # the final `InvokeResult` there; a stream broken after its first chunk ends in
+    # `stream_interrupted`. None (not False) when not streamed, so the field stays off the wire
+    # (and out of idempotency fingerprints) for every other request.
+    stream: bool | None = None
 
 
 class Usage(Open):
@@ -108,6 +113,29 @@ class Attempt(Open):
     attempt_id: str | None = None  # the provider call's id in the audit log (none when skipped)
 
 
+class StreamEnd(StrEnum):
+    COMPLETE = "complete"  # the provider finished the answer
+    CAP = "cap"  # cut at the completion cap (the reservation's max_tokens): the rest was not sent
+    INTERRUPTED = "interrupted"  # the provider's stream broke after its first chunk
+
+
+class StreamInfo(Open):
+    """How a streamed answer went: chunks sent, time to the first one, how it ended."""
+
+    chunks: int = 0
+    first_chunk_ms: float | None = None
+    end: StreamEnd
+
+
+class StreamChunk(Open):
+    """One piece of a streamed answer, published to the requester's reply inbox; `seq` counts
+    from 0 without gaps, so a receiver can tell a lost chunk from the end."""
+
+    invocation_id: str
+    seq: int
+    delta: str
+
+
 class InvokeResult(Open):
     invocation_id: str
     status: Status
@@ -124,6 +152,7 @@ class InvokeResult(Open):
     config_version: str | None = None
     review_id: str | None = None
     enforced: bool = True  # False: a passthrough call made by the SDK while the plane was unreachable
+    stream: StreamInfo | None = None  # a streamed answer: the final message after its chunks
 
 
 # --- agent <-> router: what an agent does when the control plane is unreachable -----------

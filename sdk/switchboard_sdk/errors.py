@@ -99,6 +99,20 @@ class AllTiersFailed(SwitchboardError):
     retryable = True
 
 
+class StreamInterrupted(SwitchboardError):
+    """A streamed answer broke after its first chunk: what was sent is partial, never complete."""
+
+    code = "stream_interrupted"
+    retryable = True
+
+
+class StreamNotAllowed(InvalidRequest):
+    """The workflow does not stream (policy `streaming: false`, as every workflow whose output a
+    post-stage review holds must be)."""
+
+    code = "stream_not_allowed"
+
+
 class NotFound(SwitchboardError):
     code = "not_found"
 

@@ -95,6 +95,10 @@ class Gates:
     def applies(self, workflow: str, stage: Stage) -> bool:
         return (workflow, stage) in self._index
 
+    def rules(self, workflow: str, stage: Stage) -> list[str]:
+        """Names of the rules that may match a workflow at a stage."""
+        return [rule.name for rule in self._index.get((workflow, stage), ())]
+
     def first_match(self, stage: Stage, facts: Facts) -> Match | None:
         """The first rule (by name) whose conditions all hold."""
         for rule in self._index.get((facts.workflow, stage), ()):

@@ -23,6 +23,7 @@ from services.gateway import access_log
 from services.gateway.admission import admit
 from services.gateway.gates import Facts, Match
 from services.gateway.idempotency import Replay
+from services.gateway.streaming import StreamRelay
 from shared import names, pricing, provider_state, tokens
 from shared.contracts import (
     Attempt,
@@ -54,7 +55,7 @@ from shared.contracts import (
 from shared.live_config import ActivePolicy
 from shared.policy import WorkflowSpec
 from shared.providers import ProviderCallError
-from shared.providers.base import CallParams
+from shared.providers.base import CallParams, Completion
 from shared.telemetry import genai, metrics, tracing
 from switchboard_sdk import errors
 
@@ -85,6 +86,7 @@ class Invocation:
         *,
         resume: ResumeRequest | None = None,
         refusal: errors.SwitchboardError | None = None,
+        relay: StreamRelay | None = None,
     ) -> None:
         self.gw = gw
         self.bus = gw.bus
@@ -95,6 +97,7 @@ class Invocation:
         self.started = started
         self.resume = resume
         self.refusal = refusal  # identity or agent policy said no: answered once the id is claimed
+        self.relay = relay  # a streamed invocation: where its chunks go
         self.trace_id = tracing.trace_id_hex()
         trace.get_current_span().set_attributes(
             {"switchboard.invocation_id": req.invocation_id, "switchboard.workflow": req.workflow}
@@ -162,9 +165,10 @@ class Invocation:
         """Settle again what a stored answer used: a no-op at the budget (a settle applies only to
         a reservation still held) unless the try that stored it died before its own settle was
         sent."""
-        if stored.status not in (Status.SUCCESS, Status.FALLBACK) or not (
-            stored.usage.prompt_tokens or stored.usage.completion_tokens
-        ):
+        answered = stored.status in (Status.SUCCESS, Status.FALLBACK) or (
+            stored.error is not None and stored.error.code == errors.StreamInterrupted.code
+        )  # an interrupted stream used tokens too
+        if not answered or not (stored.usage.prompt_tokens or stored.usage.completion_tokens):
             return
         req = self.req
         settle = SettleRequest(
@@ -250,23 +254,8 @@ class Invocation:
                 tried = True
                 attempt, completion, failure = await self._try(tier, params)
                 attempts.append(attempt)
-                if completion is not None:
-                    usage = Usage(
-                        prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens
-                    )
-                    self._used = (usage, tier.model)
-                    self.result = self._result(
-                        Status.SUCCESS if attempt.tier == 0 else Status.FALLBACK,
-                        attempts=attempts,
-                        provider=tier.provider,
-                        model=tier.model,
-                        output=completion.output,
-                        finish_reason=completion.finish_reason,
-                        usage=Usage(
-                            prompt_tokens=completion.prompt_tokens,
-                            completion_tokens=completion.completion_tokens,
-                        ),
-                    )
+                if completion is not None:  # answered: in full, or streamed until it broke
+                    self._answered(tier, attempts, completion, failure)
                     return
                 if not failure.fallback:
                     break
@@ -280,6 +269,35 @@ class Invocation:
         else:
             error = errors.AllTiersFailed(f"every tier of {req.workflow!r} failed")
         self.result = self._result(Status.ERROR, attempts=attempts, error=errors.to_wire(error))
+
+    def _answered(
+        self,
+        tier: PlannedTier,
+        attempts: list[Attempt],
+        completion: Completion,
+        broken: ProviderCallError | None,
+    ) -> None:
+        """The result of the tier that answered; an error naming the break when its stream broke."""
+        usage = Usage(prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens)
+        self._used = (usage, tier.model)
+        fields = dict(
+            attempts=attempts,
+            provider=tier.provider,
+            model=tier.model,
+            output=completion.output,
+            finish_reason=completion.finish_reason,
+            usage=usage,
+        )
+        if self.relay is not None:
+            fields["stream"] = self.relay.info()
+        if broken is not None:  # never a clean end: the agent has part of an answer
+            error = errors.StreamInterrupted(
+                f"the stream from {tier.provider}/{tier.model} broke after {self.relay.sent} chunks:"
+                f" {broken.message}"
+            )
+            self.result = self._result(Status.ERROR, error=errors.to_wire(error), **fields)
+            return
+        self.result = self._result(Status.SUCCESS if attempts[-1].tier == 0 else Status.FALLBACK, **fields)
 
     async def post_gate(self) -> None:
         """Hold a model's output for review before the agent gets it, if a post rule matches."""
@@ -393,7 +411,8 @@ class Invocation:
         )
 
     async def _try(self, tier: PlannedTier, params: CallParams):
-        """Call one tier: (attempt, completion or None, failure or None)."""
+        """Call one tier: (attempt, completion or None, failure or None); both for a stream
+        that broke after its first chunk (what was answered, and why it stopped)."""
         adapter = self.gw.providers.get(tier.provider)
         if adapter is None:
             failure = ProviderCallError(AttemptOutcome.SKIPPED, "provider not in this gateway's policy")
@@ -410,9 +429,15 @@ class Invocation:
                 "switchboard.provider": tier.provider,
             },
         ) as span:
+            broken = None
             try:
                 timeout_s = tier.timeout_ms / 1000
-                completion = await adapter.complete(tier.model, self.req.messages, params, timeout_s)
+                if self.relay is None:
+                    completion = await adapter.complete(tier.model, self.req.messages, params, timeout_s)
+                else:
+                    completion, broken = await self.relay.relay(
+                        adapter, tier.model, self.req.messages, params, timeout_s, self.estimate
+                    )
             except ProviderCallError as exc:
                 latency = (time.perf_counter() - t0) * 1000
                 span.set_status(StatusCode.ERROR, exc.outcome.value)
@@ -432,7 +457,18 @@ class Invocation:
                 )
                 return attempt, None, exc
             span.set_attributes(genai.response_attributes(tier.model, completion))
+            if broken is not None:
+                span.set_status(StatusCode.ERROR, broken.outcome.value)
+                span.set_attributes(
+                    {"error.type": broken.outcome.value, "switchboard.outcome": broken.outcome.value}
+                )
         latency = (time.perf_counter() - t0) * 1000
+        if broken is not None:
+            self._report(tier, broken.outcome, latency, status_code=200)
+            attempt = self._attempt(
+                tier, broken.outcome, latency, status_code=200, reason=broken.message, attempt_id=attempt_id
+            )
+            return attempt, completion, broken
         self._report(
             tier,
             AttemptOutcome.OK,
@@ -702,9 +738,14 @@ class Invocation:
                 message_count=len(req.messages),
                 output_chars=len(result.output or ""),
                 cost_usd=cost,
+                stream=result.stream if self._called else None,
             )
         )
         provider, model = result.provider or "", result.model or ""
+        if result.stream is not None and self._called:
+            metrics.STREAMS.labels(req.workflow, result.stream.end.value).inc()
+            if result.stream.first_chunk_ms is not None:
+                metrics.STREAM_FIRST_CHUNK.labels(req.workflow).observe(result.stream.first_chunk_ms / 1000)
         metrics.INVOCATIONS.labels(req.workflow, result.status.value, provider, model).inc()
         metrics.INVOCATION_LATENCY.labels(req.workflow, result.status.value).observe(result.latency_ms / 1000)
         spent, _ = self._used  # tokens this process spent (not a released review's)

@@ -22,8 +22,10 @@ from services.gateway.leases import Leases
 from services.gateway.outcomes import OutcomeReporter
 from services.gateway.resumes import Resumes
 from services.gateway.settling import Settler
+from services.gateway.streaming import StreamRelay
 from shared import codec, names
-from shared.contracts import InvokeRequest, InvokeResult, ResumeReply, ResumeRequest, Status
+from shared.contracts import InvokeRequest, InvokeResult, ResumeReply, ResumeRequest, ReviewStage, Status
+from shared.policy import WorkflowSpec
 from shared.providers import ProviderPool
 from shared.service import Service
 from shared.settings import Settings
@@ -104,10 +106,11 @@ class GatewayService(Service):
                 f"workflow {req.workflow!r} does not match the subject {msg.subject!r}"
             )
         active, workflow = self._workflow(req.workflow)
+        relay = self._relay(req, workflow, msg, started) if req.stream else None
         req, refusal = identity.admit(req, msg.subject, active.policy)
         # An identity or agent-policy refusal comes after the id is claimed (the admit step): it
         # is never recorded under the id of another caller's invocation.
-        run = Invocation(self, req, active, workflow, started, refusal=refusal)
+        run = Invocation(self, req, active, workflow, started, refusal=refusal, relay=relay)
         result = await run.run()
         if result is None:  # a retry of a finished invocation: its first reply, nothing else
             stored = codec.decode(run.replay, InvokeResult)
@@ -134,6 +137,20 @@ class GatewayService(Service):
         finally:
             await run.settle_used()
         await self.bus.reply_raw(msg, data)
+
+    def _relay(self, req: InvokeRequest, workflow: WorkflowSpec, msg: Msg, started: float) -> StreamRelay:
+        """Where a streamed invocation's chunks go: the requester's own inbox. Refused (before the
+        id is claimed) when the workflow does not stream, as one whose output is reviewed."""
+        if not msg.reply:
+            raise errors.InvalidRequest("a streamed invocation needs a reply subject for its chunks")
+        if not workflow.streaming:
+            post = self.gates.rules(req.workflow, ReviewStage.POST)
+            why = f"post-stage review rules {post} hold its output before the agent sees it" if post else ""
+            raise errors.StreamNotAllowed(
+                f"workflow {req.workflow!r} does not stream (streaming: false in policy"
+                f" {self.config_version}){': ' + why if why else ''}; invoke it without stream"
+            )
+        return StreamRelay(self.bus.nc, msg.reply, req.invocation_id, started)
 
     async def resume(self, req: ResumeRequest, _msg: Msg) -> ResumeReply:
         """A review was decided: run the rest of the invocation once per review, publish the final

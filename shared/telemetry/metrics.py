@@ -26,6 +26,18 @@ TOKENS = Counter(
     "Tokens used, by kind (prompt or completion).",
     ["workflow", "provider", "model", "kind"],
 )
+STREAMS = Counter(
+    "switchboard_streams_total",
+    "Streamed answers by how they ended: complete, cap (cut at the completion cap) or interrupted "
+    "(the provider's stream broke after its first chunk).",
+    ["workflow", "end"],
+)
+STREAM_FIRST_CHUNK = Histogram(
+    "switchboard_stream_first_chunk_seconds",
+    "Time from the request reaching the gateway to the first chunk sent to the agent.",
+    ["workflow"],
+    buckets=LATENCY_BUCKETS,
+)
 PROVIDER_ATTEMPTS = Counter(
     "switchboard_provider_attempts_total",
     "Calls to providers, one per tier tried, by outcome.",

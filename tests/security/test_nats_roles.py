@@ -84,6 +84,7 @@ PROBES = [
     ("gateway", DENY, PUB, sb("router.block")),
     ("gateway", DENY, PUB, sb("invoke.support-triage")),
     ("gateway", DENY, SUB, "_INBOX.>"),
+    ("gateway", ALLOW, PUB, "_INBOX.agent-alice.x"),  # the chunks of a streamed answer
     # router
     ("router", ALLOW, SUB, sb("router.plan")),
     ("router", ALLOW, SUB, sb("degradation")),

@@ -1,0 +1,80 @@
+"""A streamed answer relayed to the requester's own reply inbox, one core NATS publish per chunk
+(no JetStream, no per-chunk span or event: the audit row carries the stream's summary).
+
+The completion cap (the reservation's max_tokens) is counted as one token per chunk, a lower
+bound: the stream is cut when a chunk would pass it. A provider that packs several tokens in a
+chunk is still held by the max_tokens it was asked for, and its reported usage is what settles.
+A failure before the first chunk is raised like any failed call (the next tier may serve it);
+after it, the chunks sent cannot be taken back, so the relay ends and says it was interrupted."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+from nats.aio.client import Client as NATS
+
+from shared import codec
+from shared.contracts import Message, StreamEnd, StreamInfo
+from shared.providers.base import CallParams, Completion, ProviderAdapter, ProviderCallError
+
+
+class StreamRelay:
+    """Where one invocation's chunks go; `info()` describes the stream once it is over."""
+
+    def __init__(self, nc: NATS, inbox: str, invocation_id: str, started: float) -> None:
+        self.nc = nc
+        self.inbox = inbox
+        self.invocation_id = invocation_id
+        self.started = started
+        self.sent = 0
+        self.first_chunk_ms: float | None = None
+        self.end = StreamEnd.COMPLETE
+
+    def info(self) -> StreamInfo:
+        return StreamInfo(chunks=self.sent, first_chunk_ms=self.first_chunk_ms, end=self.end)
+
+    async def relay(
+        self,
+        adapter: ProviderAdapter,
+        model: str,
+        messages: list[Message],
+        params: CallParams,
+        timeout_s: float,
+        prompt_estimate: int,
+    ) -> tuple[Completion, ProviderCallError | None]:
+        """Stream one tier to the inbox: (what was answered, the failure that broke it after
+        its first chunk or None). Raises `ProviderCallError` when nothing was sent."""
+        pieces: list[str] = []
+        broken: ProviderCallError | None = None
+        async with adapter.stream(model, messages, params, timeout_s) as stream:
+            try:
+                async with contextlib.aclosing(aiter(stream)) as chunks:
+                    async for piece in chunks:
+                        if len(pieces) == params.max_tokens:
+                            self.end = StreamEnd.CAP
+                            break
+                        pieces.append(piece)
+                        await self._send(piece)
+            except ProviderCallError as exc:
+                if not pieces:
+                    raise
+                broken, self.end = exc, StreamEnd.INTERRUPTED
+        reported = stream.completion_tokens
+        if self.end is not StreamEnd.COMPLETE or reported is None:  # no final count: chunks sent
+            reported = max(len(pieces), reported or 0)
+        completion = Completion(
+            output="".join(pieces),
+            prompt_tokens=stream.prompt_tokens if stream.prompt_tokens is not None else prompt_estimate,
+            completion_tokens=reported,
+            finish_reason="length" if self.end is StreamEnd.CAP else stream.finish_reason,
+            model=stream.model,
+        )
+        return completion, broken
+
+    async def _send(self, piece: str) -> None:
+        if self.first_chunk_ms is None:
+            self.first_chunk_ms = round((time.perf_counter() - self.started) * 1000, 3)
+        chunk = {"invocation_id": self.invocation_id, "seq": self.sent, "delta": piece}
+        await self.nc.publish(self.inbox, codec.encode(chunk))
+        self.sent += 1

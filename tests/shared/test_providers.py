@@ -19,7 +19,7 @@ from shared.providers import ProviderCallError, ProviderPool
 from shared.providers.anthropic import AnthropicAdapter
 from shared.providers.base import CallParams, _retry_after
 from shared.providers.openai import OpenAIAdapter
-from tests.support.fallback import closed_port, fixed_provider
+from tests.support.fallback import closed_port, fixed_provider, provider_server
 from tests.support.stack import REPO
 
 OPENAI_KEY = "sk-openai-TESTSECRET-5f1c2e9a"
@@ -472,14 +472,9 @@ async def test_pieces_arrive_while_the_provider_is_still_answering(simulator):
         )
         return response
 
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
+    async with provider_server(handler) as url:
         doc = policy_doc(simulator)
-        doc["providers"]["openai-sim"]["base_url"] = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+        doc["providers"]["openai-sim"]["base_url"] = url
         async with adapters(doc) as p:
             pieces = []
             async with p.get("openai-sim").stream(
@@ -488,7 +483,5 @@ async def test_pieces_arrive_while_the_provider_is_still_answering(simulator):
                 async for piece in s:
                     pieces.append(piece)
                     seen_first.set()
-    finally:
-        await runner.cleanup()
     assert pieces == ["first", " second"]
     assert s.ended and s.completion_tokens is None  # this provider did not report usage

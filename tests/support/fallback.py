@@ -153,6 +153,16 @@ async def fixed_provider(status: int, body: bytes, content_type: str = "applicat
         await request.read()
         return web.Response(body=body, status=status, content_type=content_type)
 
+    async with provider_server(handler) as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def provider_server(handler):
+    """A real HTTP server answering every POST with `handler` (an aiohttp handler). Yields its
+    base URL (ending in /v1)."""
+    from aiohttp import web
+
     app = web.Application()
     app.router.add_post("/{tail:.*}", handler)
     runner = web.AppRunner(app, access_log=None)

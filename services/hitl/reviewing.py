@@ -108,35 +108,43 @@ class ReviewDetail(BaseModel):
     outcome: str | None = Field(description="the final status that followed")
 
 
-def detail(row) -> ReviewDetail:
-    request = orjson.loads(row["request"])
-    held = InvokeResult.model_validate_json(row["held"]) if row["held"] else None
+def summary(row) -> ReviewSummary:
+    """A pending review as listed: what held it, how old it is, whether it is late."""
     approvals = row["approvals"]
     approvals = orjson.loads(approvals) if isinstance(approvals, str) else approvals
-    spec = orjson.loads(row["queue_spec"]) if isinstance(row["queue_spec"], str) else row["queue_spec"]
-    edited = orjson.loads(row["edited_messages"]) if row["edited_messages"] else None
-    return ReviewDetail(
+    return ReviewSummary(
         review_id=row["id"],
         invocation_id=row["invocation_id"],
-        state=row["state"],
-        stage=row["stage"],
         queue=row["queue"],
-        owner=row["owner"],
+        stage=row["stage"],
         workflow=row["workflow"],
         agent=row["agent"],
         rule=row["rule"],
         matched=orjson.loads(row["matched"]),
-        config_version=row["config_version"],
-        messages=request["messages"],
-        output=held.output if held else None,
-        requested_at=epoch(row["requested_at"]),
+        requested_at=row["requested_at"].timestamp(),
+        age_s=round(float(row["age_s"]), 3),
         sla_deadline=epoch(row["sla_deadline"]),
         deadline=epoch(row["deadline"]),
-        on_timeout=QueueSpec.model_validate(spec).timeout_action,
-        age_s=round(float(row["age_s"]), 3),
         sla_state="late" if row["late"] else "ok",
         claimed_by=row["claimed_by"],
         approvals=[a["reviewer"] for a in approvals],
+    )
+
+
+def detail(row) -> ReviewDetail:
+    """One review in full: the summary, the prompt and held output, the decision and what followed."""
+    request = orjson.loads(row["request"])
+    held = InvokeResult.model_validate_json(row["held"]) if row["held"] else None
+    spec = orjson.loads(row["queue_spec"]) if isinstance(row["queue_spec"], str) else row["queue_spec"]
+    edited = orjson.loads(row["edited_messages"]) if row["edited_messages"] else None
+    return ReviewDetail(
+        **summary(row).model_dump(mode="json"),
+        state=row["state"],
+        owner=row["owner"],
+        config_version=row["config_version"],
+        messages=request["messages"],
+        output=held.output if held else None,
+        on_timeout=QueueSpec.model_validate(spec).timeout_action,
         approvals_required=spec.get("approvals_required", 1),
         decided_at=epoch(row["decided_at"]),
         decided_by=row["decided_by"],

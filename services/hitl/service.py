@@ -16,7 +16,8 @@ import uvicorn
 from nats.errors import NoRespondersError
 
 from services.hitl import api, export
-from services.hitl.store import Store, epoch, reviewer_wire
+from services.hitl.reviewing import summary
+from services.hitl.store import Store, reviewer_wire
 from shared import names
 from shared.contracts import (
     DeciderKind,
@@ -44,7 +45,6 @@ from shared.contracts import (
     ReviewStage,
     ReviewState,
     ReviewStatus,
-    ReviewSummary,
 )
 from shared.review_policy import QueueSpec
 from shared.service import Service
@@ -294,28 +294,6 @@ class HitlService(Service):
         if result.review_id and result.review_id != row["id"]:
             outcome += f" (review {result.review_id})"
         await self.store.acted(row["id"], action_of(req, result), outcome, result.model_dump_json())
-
-
-def summary(row) -> ReviewSummary:
-    return ReviewSummary(
-        review_id=row["id"],
-        invocation_id=row["invocation_id"],
-        queue=row["queue"],
-        stage=row["stage"],
-        workflow=row["workflow"],
-        agent=row["agent"],
-        rule=row["rule"],
-        matched=orjson.loads(row["matched"]),
-        requested_at=row["requested_at"].timestamp(),
-        age_s=round(float(row["age_s"]), 3),
-        sla_deadline=epoch(row["sla_deadline"]),
-        deadline=epoch(row["deadline"]),
-        sla_state="late" if row["late"] else "ok",
-        claimed_by=row["claimed_by"],
-        approvals=[a["reviewer"] for a in orjson.loads(row["approvals"])]
-        if isinstance(row["approvals"], str)
-        else [a["reviewer"] for a in row["approvals"]],
-    )
 
 
 def resume_request(row) -> ResumeRequest:

@@ -98,8 +98,14 @@ async def main() -> None:
             return await pool.fetch("select count(*) from invocations where env = $1 and ts >= $2", env, hour)
 
         await timed("baseline: select count(*) over the same window", args.repeat, scan)
-        await timed("stats --since 1h (all workflows)", args.repeat, lambda: q.stats(pool, env, hour, None))
-        await timed("stats --since 1h --workflow wf-3", args.repeat, lambda: q.stats(pool, env, hour, "wf-3"))
+        await timed(
+            "stats --since 1h (all workflows)", args.repeat, lambda: q.stats(pool, q.Window(env, hour))
+        )
+        await timed(
+            "stats --since 1h --workflow wf-3",
+            args.repeat,
+            lambda: q.stats(pool, q.Window(env, hour, workflow="wf-3")),
+        )
         await timed("invocations --since 1h", args.repeat, lambda: q.invocations(pool, env, hour))
         await timed(
             "invocations --since 1h --status error --limit 1000",

@@ -156,6 +156,40 @@ class BlockReply(Open):
     error: ErrorInfo | None = None
 
 
+# --- operator -> gateway: probes --------------------------------------------------------
+
+PROBE_MAX_COUNT = 10
+
+
+class ProbeRequest(Strict):
+    """A few real calls to one provider, whether or not it is blocked (sbctl provider probe)."""
+
+    provider: str
+    model: str | None = None  # default: the provider's first model in the policy
+    count: int = Field(default=3, ge=1, le=PROBE_MAX_COUNT)
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+    by: str
+    why: str = Field(default="", max_length=200)
+
+
+class ProbeCall(Open):
+    invocation_id: str  # the probe's own id, as recorded in the audit log
+    outcome: AttemptOutcome
+    latency_ms: float
+    status_code: int | None = None
+    reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class ProbeReply(Open):
+    provider: str = ""
+    model: str = ""
+    config_version: str | None = None
+    calls: list[ProbeCall] = Field(default_factory=list)
+    error: ErrorInfo | None = None
+
+
 # --- gateway <-> budget ---------------------------------------------------------------
 
 
@@ -392,6 +426,25 @@ class LeverEvent(Event):
     changed: bool | None = None  # False when the switch was already in that position
 
 
+class ProbeEvent(Event):
+    """One probe call to a provider, made by an operator to see whether it has recovered. Its
+    `invocation_id` is the probe's own (`probe-...`), never an agent's invocation: no workflow,
+    no budget ledger, no routing state is touched."""
+
+    kind: Literal[EventKind.PROBE] = EventKind.PROBE
+    invocation_id: str
+    provider: str
+    model: str
+    outcome: AttemptOutcome
+    latency_ms: float = 0.0
+    status_code: int | None = None
+    reason: str | None = None  # the failure, as the adapter classified it
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    by: str  # the operator who asked for it
+    why: str = ""
+
+
 AnyEvent = Annotated[
     InvocationEvent
     | AttemptEvent
@@ -404,7 +457,8 @@ AnyEvent = Annotated[
     | ConfigEvent
     | ProviderBlockEvent
     | PassthroughEvent
-    | LeverEvent,
+    | LeverEvent
+    | ProbeEvent,
     Field(discriminator="kind"),
 ]
 
@@ -605,11 +659,20 @@ class DeadLettersReply(Open):
     error: ErrorInfo | None = None
 
 
+class AuditLag(Open):
+    """How far the audit log is behind the event stream when the recorder answered: events
+    published but not yet written, and the age of the oldest of them."""
+
+    pending_events: int = 0
+    oldest_s: float = 0.0
+
+
 class TraceReply(Open):
     invocation_id: str
     found: bool
     invocation: InvocationEvent | None = None
     events: list[AnyEvent] = Field(default_factory=list)
+    audit_lag: AuditLag | None = None  # when not found: the trail may still be on its way
     error: ErrorInfo | None = None
 
 
@@ -618,7 +681,10 @@ MAX_WINDOW_S = 400 * 86400  # longer than any retention period
 
 class StatsRequest(Strict):
     since_s: float = Field(gt=0, le=MAX_WINDOW_S)
+    until_s: float = Field(default=0, ge=0)  # the window ends this many seconds ago (0: now)
     workflow: str | None = None
+    statuses: list[Status] | None = None  # only invocations that ended so (None: every one)
+    by_agent: bool = False  # also per agent: sessions, spend, requested max_tokens
 
 
 class AgentSpend(Open):
@@ -638,12 +704,33 @@ class WorkflowStats(Open):
     fallback_rate: float = 0.0  # invocations answered by a later tier, over all invocations
     budget_breaches: int = 0
     rate_limit_events: int = 0
+    # fallback activations by why the earlier tier gave way: an operator block or a drill is
+    # mitigation at work; a failure (server_error, timeout, ...) or a cooldown is the problem
+    fallbacks_by_reason: dict[str, int] = Field(default_factory=dict)
     top_agents: list[AgentSpend] = Field(default_factory=list)
+
+
+class AgentStats(Open):
+    """One agent in one workflow over the window: enough to find a runaway (many sessions, much
+    spend) and to set a ceiling from what normal callers ask for (requested max_tokens)."""
+
+    workflow: str | None = None
+    agent: str | None = None
+    invocations: int = 0
+    sessions: int = 0  # distinct session ids: one per call means every session budget is escaped
+    spend_usd: float = 0.0
+    tokens: int = 0
+    max_tokens_p50: float | None = None  # what the caller asked for (None when it never said)
+    max_tokens_max: int | None = None
+    last_ts: float | None = None
 
 
 class StatsReply(Open):
     since: float = 0.0  # epoch seconds
+    until: float | None = None  # epoch seconds; None: now
     workflows: list[WorkflowStats] = Field(default_factory=list)
+    agents: list[AgentStats] = Field(default_factory=list)  # when asked by_agent, most spend first
+    audit_lag: AuditLag | None = None
     error: ErrorInfo | None = None
 
 
@@ -674,6 +761,7 @@ class InvocationRow(Open):
 
 class InvocationsReply(Open):
     invocations: list[InvocationRow] = Field(default_factory=list)
+    audit_lag: AuditLag | None = None
     error: ErrorInfo | None = None
 
 

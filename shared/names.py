@@ -130,3 +130,8 @@ def rollout_bucket(env: str) -> str:
 def gateway_resume(env: str) -> str:
     """hitl -> gateway: act on a decided review (queue group `gateway`)."""
     return f"sb.{env}.gateway.resume"
+
+
+def gateway_probe(env: str) -> str:
+    """operator -> gateway: a few probe calls to one provider (queue group `gateway`)."""
+    return f"sb.{env}.gateway.probe"

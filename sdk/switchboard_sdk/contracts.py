@@ -205,6 +205,7 @@ class EventKind(StrEnum):
     PROVIDER_BLOCK = "provider_block"  # an operator blocked or unblocked a provider
     PASSTHROUGH = "passthrough"  # an agent called a provider directly while the plane was unreachable
     LEVER = "lever"  # an operator pulled a lever through sbctl (a stop switch, ...)
+    PROBE = "probe"  # an operator's probe call to a provider (sbctl provider probe): no invocation
 
 
 class Event(Open):

@@ -117,6 +117,12 @@ class NotFound(SwitchboardError):
     code = "not_found"
 
 
+class NotRecordedYet(NotFound):
+    """Not in the audit log while the log is behind the event stream: it may be on its way."""
+
+    code = "not_recorded_yet"
+
+
 class Unauthorized(SwitchboardError):
     """No credential, or one that is unknown or revoked."""
 

@@ -14,7 +14,7 @@ import orjson
 from nats.aio.msg import Msg
 from pydantic import Field
 
-from services.gateway import access_log, identity
+from services.gateway import access_log, identity, probes
 from services.gateway.gates import Gates
 from services.gateway.idempotency import Idempotency, fingerprint
 from services.gateway.invocation import Invocation, max_in_flight_s
@@ -24,7 +24,16 @@ from services.gateway.resumes import Resumes
 from services.gateway.settling import Settler
 from services.gateway.streaming import StreamRelay
 from shared import codec, names
-from shared.contracts import InvokeRequest, InvokeResult, ResumeReply, ResumeRequest, ReviewStage, Status
+from shared.contracts import (
+    InvokeRequest,
+    InvokeResult,
+    ProbeReply,
+    ProbeRequest,
+    ResumeReply,
+    ResumeRequest,
+    ReviewStage,
+    Status,
+)
 from shared.policy import WorkflowSpec
 from shared.providers import ProviderPool
 from shared.service import Service
@@ -82,6 +91,13 @@ class GatewayService(Service):
             ResumeRequest,
             self.resume,
             lambda exc, _raw: ResumeReply(error=errors.to_wire(exc)),
+        )
+        await self.bus.serve(
+            names.gateway_probe(env),
+            names.GATEWAY_QUEUE,
+            ProbeRequest,
+            lambda req, _msg: probes.probe(self, req),
+            lambda exc, _raw: ProbeReply(error=errors.to_wire(exc)),
         )
 
     @property

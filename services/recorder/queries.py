@@ -4,11 +4,12 @@ recent window, straight from the partitioned audit tables (the window prunes to 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 
-from shared.contracts import AgentSpend, InvocationRow, WorkflowStats
+from shared.contracts import AgentSpend, AgentStats, InvocationRow, Status, WorkflowStats
 
 TOP_AGENTS = 5
 # One pass over the window: sums per (workflow, status, agent), and per workflow a histogram of
@@ -20,27 +21,68 @@ select workflow, status, agent, round(ln(greatest(latency_ms, 0.001)) * {BUCKETS
        grouping(status) as latency_row, count(*) as n,
        coalesce(sum(prompt_tokens), 0) as prompt_tokens,
        coalesce(sum(completion_tokens), 0) as completion_tokens, coalesce(sum(cost_usd), 0) as spend
-from invocations where env = $1 and ts >= $2 {{filter}}
+from invocations where {{where}}
 group by grouping sets ((workflow, status, agent), (workflow, bucket))
 """
+# Fallback events carry why the earlier tier gave way: `source` when it was skipped (blocked,
+# drill, cooldown, circuit_open, local_quota), else the failed call's outcome.
 EVENTS_SQL = """
-select body->>'workflow' as workflow, kind, count(*) as n
-from events where env = $1 and kind = any($3::text[]) and ts >= $2 {filter} group by 1, 2
+select body->>'workflow' as workflow, kind,
+       case when kind = 'fallback' then coalesce(body->>'source', body->>'outcome') end as reason,
+       count(*) as n
+from events where {where} group by 1, 2, 3
 """
+AGENTS_SQL = """
+select workflow, agent, count(*) as n, count(distinct session_id) as sessions,
+       coalesce(sum(cost_usd), 0) as spend,
+       coalesce(sum(prompt_tokens), 0) + coalesce(sum(completion_tokens), 0) as tokens,
+       percentile_cont(0.5) within group (order by (body->>'max_tokens')::int) as max_tokens_p50,
+       max((body->>'max_tokens')::int) as max_tokens_max, max(ts) as last_ts
+from invocations where {where}
+group by 1, 2 order by spend desc, n desc limit {limit}
+"""
+TOP_AGENT_ROWS = 20
 LIST_COLUMNS = (
     "invocation_id, ts, workflow, agent, session_id, status, provider, model, prompt_tokens, "
     "completion_tokens, latency_ms, cost_usd, error_code, trace_id"
 )
 
 
-async def stats(pool: asyncpg.Pool, env: str, since: datetime, workflow: str | None) -> list[WorkflowStats]:
-    """Per workflow: invocations by status, latency percentiles, tokens, spend, fallback rate,
-    budget breaches, rate-limit events and the agents that spent most."""
-    args: list = [env, since]
-    inv_filter = ev_filter = ""
-    if workflow is not None:
-        args.append(workflow)
-        inv_filter, ev_filter = "and workflow = $3", "and body->>'workflow' = $4"
+@dataclass(frozen=True)
+class Window:
+    """Which invocations a question is about: an environment's, between `since` and `until`
+    (None: now), of one workflow, that ended with one of `statuses` (None: any)."""
+
+    env: str
+    since: datetime
+    until: datetime | None = None
+    workflow: str | None = None
+    statuses: list[Status] | None = None
+
+    def where(self, *, events: bool = False) -> tuple[str, list]:
+        """The SQL condition and its arguments ($1...), for the invocations or the events table."""
+        clauses, args = ["env = $1", "ts >= $2"], [self.env, self.since]
+
+        def add(template: str, value) -> None:
+            args.append(value)
+            clauses.append(template.format(f"${len(args)}"))
+
+        if self.until is not None:
+            add("ts < {}", self.until)
+        if self.workflow is not None:
+            add("body->>'workflow' = {}" if events else "workflow = {}", self.workflow)
+        if self.statuses is not None and not events:
+            add("status = any({}::text[])", [s.value for s in self.statuses])
+        return " and ".join(clauses), args
+
+
+async def stats(pool: asyncpg.Pool, window: Window) -> list[WorkflowStats]:
+    """Per workflow: invocations by status, latency percentiles, tokens, spend, fallback rate
+    and its reasons, budget breaches, rate-limit events and the agents that spent most."""
+    inv_where, inv_args = window.where()
+    ev_where, ev_args = window.where(events=True)
+    ev_args.append(["budget_breach", "rate_limit", "fallback"])
+    ev_where += f" and kind = any(${len(ev_args)}::text[])"
     out: dict[str | None, WorkflowStats] = {}
 
     def entry(name: str | None) -> WorkflowStats:
@@ -49,9 +91,8 @@ async def stats(pool: asyncpg.Pool, env: str, since: datetime, workflow: str | N
     # events before invocations, the order partition maintenance locks them in: no deadlock
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("set local work_mem = '64MB'")  # both hash tables stay in memory
-        kinds = ["budget_breach", "rate_limit"]
-        counted = await conn.fetch(EVENTS_SQL.format(filter=ev_filter), env, since, kinds, *args[2:])
-        totals = await conn.fetch(TOTALS_SQL.format(filter=inv_filter), *args)
+        counted = await conn.fetch(EVENTS_SQL.format(where=ev_where), *ev_args)
+        totals = await conn.fetch(TOTALS_SQL.format(where=inv_where), *inv_args)
     agents: dict[tuple, AgentSpend] = {}
     histograms: dict[str | None, dict[int, int]] = {}
     for r in totals:
@@ -72,11 +113,15 @@ async def stats(pool: asyncpg.Pool, env: str, since: datetime, workflow: str | N
     for name, histogram in histograms.items():
         entry(name).latency_ms = {f"p{q}": percentile(histogram, q / 100) for q in (50, 95, 99)}
     for r in counted:
+        if window.statuses is not None and r["workflow"] not in out:
+            continue  # only events of invocations that ended otherwise
         w = entry(r["workflow"])
         if r["kind"] == "budget_breach":
             w.budget_breaches = r["n"]
-        else:
+        elif r["kind"] == "rate_limit":
             w.rate_limit_events = r["n"]
+        else:
+            w.fallbacks_by_reason[r["reason"] or "unknown"] = r["n"]
     for (name, _), agent in sorted(agents.items(), key=lambda kv: (-kv[1].spend_usd, -kv[1].invocations)):
         top = out[name].top_agents
         if len(top) < TOP_AGENTS:
@@ -127,3 +172,25 @@ async def invocations(
         f"order by ts desc limit ${len(args)}"
     )
     return [InvocationRow(**{**r, "ts": r["ts"].timestamp()}) for r in await pool.fetch(sql, *args)]
+
+
+async def agents(pool: asyncpg.Pool, window: Window) -> list[AgentStats]:
+    """The agents that spent most in the window (then by invocations), per workflow: how many
+    sessions they used and what max_tokens they asked for."""
+    where, args = window.where()
+    args.append(TOP_AGENT_ROWS)
+    rows = await pool.fetch(AGENTS_SQL.format(where=where, limit=f"${len(args)}"), *args)
+    return [
+        AgentStats(
+            workflow=r["workflow"],
+            agent=r["agent"],
+            invocations=r["n"],
+            sessions=r["sessions"],
+            spend_usd=round(r["spend"], 6),
+            tokens=r["tokens"],
+            max_tokens_p50=r["max_tokens_p50"],
+            max_tokens_max=r["max_tokens_max"],
+            last_ts=r["last_ts"].timestamp() if r["last_ts"] else None,
+        )
+        for r in rows
+    ]

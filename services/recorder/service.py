@@ -20,6 +20,7 @@ from pydantic import Field
 from services.recorder import deadletter, queries, retention, store
 from shared import codec, names
 from shared.contracts import (
+    AuditLag,
     DeadLettersReply,
     DeadLettersRequest,
     Event,
@@ -74,7 +75,9 @@ class RecorderService(Service):
         )
         self._stopping = asyncio.Event()
         await self._retain_logged()  # today's partitions exist before the first write
-        self.recorded = 0
+        self.recorded = 0  # events written by this process: its /metrics events_recorded_total
+        self.dead_lettered = 0
+        self.lag: tuple[AuditLag, float] | None = None  # the last measurement, and when
         tasks = [
             asyncio.create_task(self._consume()),
             asyncio.create_task(self._retain_forever()),
@@ -194,6 +197,7 @@ class RecorderService(Service):
             return False
         await msg.ack()
         metrics.EVENTS_DEAD_LETTERED.labels(why).inc()
+        self.dead_lettered += 1
         log.error("event dead-lettered", extra={"subject": msg.subject, "reason": reason[:500]})
         return True
 
@@ -218,7 +222,17 @@ class RecorderService(Service):
         pending, age = await audit_lag(self.bus.js, self.settings.env)
         metrics.AUDIT_PENDING.set(pending)
         metrics.AUDIT_OLDEST_UNRECORDED.set(age)
+        self.lag = (AuditLag(pending_events=pending, oldest_s=round(age, 1)), time.time())
         return pending, age
+
+    async def current_lag(self) -> AuditLag | None:
+        """The lag now, for answers read from the audit log (None if JetStream cannot say)."""
+        try:
+            pending, age = await self.measure_lag()
+        except Exception as exc:
+            log.debug("audit lag not measured", extra={"error": repr(exc)})
+            return None
+        return AuditLag(pending_events=pending, oldest_s=round(age, 1))
 
     async def _retain_forever(self) -> None:
         while not self._stopping.is_set():
@@ -250,11 +264,13 @@ class RecorderService(Service):
             invocation, events = await store.read_trace(self.db, self.settings.env, req.invocation_id)
         except Exception as exc:
             raise errors.Unavailable(f"audit log unavailable: {type(exc).__name__}") from exc
+        found = invocation is not None or bool(events)
         return TraceReply(
             invocation_id=req.invocation_id,
-            found=invocation is not None or bool(events),
+            found=found,
             invocation=codec.decode(invocation, InvocationEvent) if invocation else None,
             events=[codec.decode_event(body) for body in events],
+            audit_lag=None if found else await self.current_lag(),
         )
 
     async def count(self, req: EventCountRequest, _: Msg) -> EventCountReply:
@@ -268,13 +284,24 @@ class RecorderService(Service):
         return EventCountReply(kind=req.kind, count=count, invocations=invocations)
 
     async def stats(self, req: StatsRequest, _: Msg) -> StatsReply:
-        """Per-workflow figures over the last `since_s` seconds, for `sbctl stats`."""
-        since = datetime.now(UTC) - timedelta(seconds=req.since_s)
+        """Per-workflow (and per-agent) figures over a window that ends `until_s` seconds ago,
+        for `sbctl stats` and `sbctl latency`."""
+        now = datetime.now(UTC)
+        since = now - timedelta(seconds=req.since_s + req.until_s)
+        until = now - timedelta(seconds=req.until_s) if req.until_s else None
+        window = queries.Window(self.settings.env, since, until, req.workflow, req.statuses)
         try:
-            workflows = await queries.stats(self.db, self.settings.env, since, req.workflow)
+            workflows = await queries.stats(self.db, window)
+            agents = await queries.agents(self.db, window) if req.by_agent else []
         except Exception as exc:
             raise errors.Unavailable(f"audit log unavailable: {type(exc).__name__}") from exc
-        return StatsReply(since=since.timestamp(), workflows=workflows)
+        return StatsReply(
+            since=since.timestamp(),
+            until=until.timestamp() if until else None,
+            workflows=workflows,
+            agents=agents,
+            audit_lag=await self.current_lag(),
+        )
 
     async def invocations(self, req: InvocationsRequest, _: Msg) -> InvocationsReply:
         """The newest invocations matching the filters, for `sbctl invocations`."""
@@ -284,7 +311,7 @@ class RecorderService(Service):
             rows = await queries.invocations(self.db, self.settings.env, since, **filters)
         except Exception as exc:
             raise errors.Unavailable(f"audit log unavailable: {type(exc).__name__}") from exc
-        return InvocationsReply(invocations=rows)
+        return InvocationsReply(invocations=rows, audit_lag=await self.current_lag())
 
     async def dead_letters(self, req: DeadLettersRequest, _: Msg) -> DeadLettersReply:
         try:
@@ -294,7 +321,17 @@ class RecorderService(Service):
         return DeadLettersReply(count=count, dead_letters=rows)
 
     def health_details(self) -> dict:
-        return {"recorded": getattr(self, "recorded", 0)}
+        """What this process wrote (the same counts as its /metrics events_recorded_total and
+        events_dead_lettered_total, both since it started) and the audit lag last measured."""
+        body = {
+            "events_recorded": getattr(self, "recorded", 0),
+            "events_dead_lettered": getattr(self, "dead_lettered", 0),
+        }
+        lag = getattr(self, "lag", None)
+        if lag is not None:
+            measured, at = lag
+            body["audit_lag"] = measured.model_dump() | {"measured_s_ago": round(time.time() - at, 1)}
+        return body
 
     def _error_reply(self, exc: errors.SwitchboardError, _: bytes) -> TraceReply:
         return TraceReply(invocation_id="", found=False, error=errors.to_wire(exc))

@@ -35,10 +35,21 @@ async def show(args, settings) -> int:
     rows = [
         ("per invocation", f"{budget['max_tokens_per_invocation']:,} tokens (prompt estimate + max_tokens)")
     ]
+    session = budget.get("session")
     if args.session:
         rows.append(
             (f"session {args.session}", _ledger(reply.session) if reply.session else "no session budget")
         )
+    elif session:
+        rows.append(
+            (
+                "each session",
+                f"{session['tokens']:,} tokens per {session['window_s']} s, per session id "
+                "(--session ID: one session's use)",
+            )
+        )
+    else:
+        rows.append(("each session", "no session budget"))
     rows.append(("spend today", _ledger(reply.spend_today) if reply.spend_today else "no spend ceiling"))
     rows.append(("reservations", f"expire after {budget['reservation_ttl_s']} s unless settled"))
     rows.append(("redis down", budget["on_unavailable"]))

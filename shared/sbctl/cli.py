@@ -11,6 +11,7 @@ import sys
 from importlib import metadata
 
 from shared import names
+from shared.contracts import PROBE_MAX_COUNT
 from shared.sbctl import (
     audit_cmds,
     budget_cmds,
@@ -148,13 +149,25 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("provider")
     _common(p)
     p.set_defaults(func=provider_cmds.unblock)
+    p = provider.add_parser(
+        "probe", help="a few real calls to a (blocked) provider: recorded, charged to no budget"
+    )
+    p.add_argument("provider")
+    p.add_argument("--count", type=int, default=3, choices=range(1, PROBE_MAX_COUNT + 1), metavar="N")
+    p.add_argument("--model", help="default: the provider's first model in the policy")
+    p.add_argument("--timeout", type=float, default=10.0, help="per call, seconds (default 10)")
+    p.add_argument("--reason", default="probe before unblocking", help="kept with the probes")
+    _common(p)
+    p.set_defaults(func=provider_cmds.probe)
 
     p = sub.add_parser("quotas", help="quota use and headroom this minute")
     _common(p)
     p.set_defaults(func=provider_cmds.quotas)
 
     drill = _group(sub, "drill", "exercise failure paths for real")
-    p = drill.add_parser("provider-outage", help="block a provider, drive its workflows, judge the fallback")
+    p = drill.add_parser(
+        "provider-outage", help="drive a provider's workflows around it (blocks nothing), judge the fallback"
+    )
     p.add_argument("--provider", required=True)
     p.add_argument("--invocations", type=int, default=20, help="per workflow")
     p.add_argument("--concurrency", type=int, default=4)
@@ -180,9 +193,24 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stats", help="per workflow: status mix, latency, tokens, spend, fallbacks, breaches")
     p.add_argument("--since", type=stats_cmds.duration, default="1h", help="window, e.g. 30m, 1h, 7d")
     p.add_argument("--workflow")
+    p.add_argument(
+        "--by",
+        choices=("workflow", "agent"),
+        default="workflow",
+        help="agent: per agent and workflow, its sessions, spend and requested max_tokens",
+    )
     p.add_argument("--timeout", type=float, default=30.0)
     _common(p)
     p.set_defaults(func=stats_cmds.stats)
+    p = sub.add_parser("latency", help="per workflow: latency of the last minutes against the time before")
+    p.add_argument("--last", type=stats_cmds.duration, default="15m", help="recent window (default 15m)")
+    p.add_argument(
+        "--before", type=stats_cmds.duration, default="1h", help="the window before it (default 1h)"
+    )
+    p.add_argument("--workflow")
+    p.add_argument("--timeout", type=float, default=30.0)
+    _common(p)
+    p.set_defaults(func=stats_cmds.latency)
     p = sub.add_parser("invocations", help="the newest recorded invocations, filtered")
     p.add_argument("--since", type=stats_cmds.duration, default="1h", help="window, e.g. 30m, 1h, 7d")
     p.add_argument("--workflow")

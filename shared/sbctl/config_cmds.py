@@ -199,4 +199,10 @@ async def show(args, settings) -> int:
         for name, wf in current.policy["workflows"].items():
             chain = " -> ".join(f"{t['provider']}/{t['model']}" for t in wf["tiers"])
             print(f"  {name}: {chain}")
+            for i, t in enumerate(wf["tiers"]):
+                slo = t.get("slo_p99_ms")
+                print(
+                    f"    tier {i}  {t['provider']}/{t['model']}  timeout {t.get('timeout_ms', 30000)} ms"
+                    f"  slo_p99 {f'{slo} ms' if slo else '-'}"
+                )
     return 0

@@ -17,6 +17,7 @@ from shared.contracts import (
     FallbackEvent,
     InvocationEvent,
     PassthroughEvent,
+    ProbeEvent,
     ProviderBlockEvent,
     RateLimitEvent,
     TraceReply,
@@ -94,9 +95,18 @@ async def trace(args, settings) -> int:
     if reply.error:
         fail(reply.error.message, code=reply.error.code, as_json=args.json)
     if not reply.found:
+        lag = reply.audit_lag
+        if lag is not None and lag.pending_events:
+            fail(
+                f"{args.invocation_id} not recorded yet (audit log {lag.oldest_s:.0f} s behind, "
+                f"{lag.pending_events} events waiting): if it was answered in that time its trail "
+                "is still on its way; try again when the lag is gone",
+                code=errors.NotRecordedYet.code,
+                as_json=args.json,
+            )
         fail(
-            f"no invocation {args.invocation_id} recorded in env {args.env}",
-            code="not_found",
+            f"no invocation {args.invocation_id} recorded in env {args.env} (the audit log is up to date)",
+            code=errors.NotFound.code,
             as_json=args.json,
         )
     if args.json:
@@ -154,6 +164,8 @@ def _detail(e: Event, finished: set[str]) -> str:
             return f"version {e.version} {e.action} by {e.applied_by}"
         case ProviderBlockEvent():
             return f"{e.provider} {'blocked' if e.blocked else 'unblocked'}: {e.reason}"
+        case ProbeEvent():
+            return f"probe of {e.provider}/{e.model} by {e.by}: {e.outcome.value} ({e.latency_ms} ms)"
         case PassthroughEvent():
             return f"UNENFORCED {e.status.value} via {e.provider}/{e.model} by agent {e.agent}: {e.reason}"
     return ""

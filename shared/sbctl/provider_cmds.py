@@ -1,21 +1,31 @@
-"""sbctl provider status|block|unblock and sbctl quotas: the router's view of providers, and
-the lever to route around one at once."""
+"""sbctl provider status|block|unblock|probe and sbctl quotas: the router's view of providers,
+the lever to route around one at once, and the probe that shows whether it has recovered."""
 
 from __future__ import annotations
 
 from shared import names
-from shared.contracts import BlockReply, BlockRequest, ProviderStatusReply, ProviderStatusRequest
+from shared.contracts import (
+    AttemptOutcome,
+    BlockReply,
+    BlockRequest,
+    ProbeReply,
+    ProbeRequest,
+    ProviderStatusReply,
+    ProviderStatusRequest,
+)
 from shared.sbctl.context import connect, operator
 from shared.sbctl.output import emit_json, fail, table
 from switchboard_sdk import errors
 
 
-async def _ask(settings, env: str, subject: str, body, reply_model, as_json: bool):
+async def _ask(
+    settings, env: str, subject: str, body, reply_model, as_json: bool, timeout=5.0, who="the router"
+):
     bus = await connect(settings)
     try:
-        reply = await bus.request(subject, body, reply_model, timeout=5.0)
+        reply = await bus.request(subject, body, reply_model, timeout=timeout)
     except errors.SwitchboardError as exc:
-        fail(f"the router did not answer: {exc.message}", code=exc.code, as_json=as_json)
+        fail(f"{who} did not answer: {exc.message}", code=exc.code, as_json=as_json)
     finally:
         await bus.drain(5)
     if reply.error:
@@ -45,7 +55,7 @@ async def status(args, settings) -> int:
         return 0
     rows = []
     for p in reply.providers:
-        circuit = f"open {p.circuit_open_ms / 1000:.1f}s" if p.circuit_open_ms else "closed"
+        circuit = f"open, {p.circuit_open_ms / 1000:.1f}s left" if p.circuit_open_ms else "closed"
         rows.append(
             {
                 "provider": p.provider,
@@ -64,7 +74,7 @@ async def status(args, settings) -> int:
                     "model": m.model,
                     "state": "",
                     "circuit": "",
-                    "cooldown": f"{m.cooldown_ms / 1000:.1f}s" if m.cooldown_ms else "-",
+                    "cooldown": f"{m.cooldown_ms / 1000:.1f}s left" if m.cooldown_ms else "-",
                     "requests/min": _of(m.requests_this_minute, m.rpm),
                     "tokens/min": _of(m.tokens_this_minute, m.tpm),
                 }
@@ -130,3 +140,56 @@ async def unblock(args, settings) -> int:
     else:
         print(f"unblocked: {reply.provider}")
     return 0
+
+
+async def probe(args, settings) -> int:
+    """A few real calls to the provider through the gateway's adapter, blocked or not; exit 0
+    when every one answered, 1 otherwise (keep the block)."""
+    request = ProbeRequest(
+        provider=args.provider,
+        model=args.model,
+        count=args.count,
+        timeout_s=args.timeout,
+        by=operator(settings).name,
+        why=args.reason,
+    )
+    deadline = args.count * args.timeout + 5.0
+    reply: ProbeReply = await _ask(
+        settings,
+        args.env,
+        names.gateway_probe(args.env),
+        request,
+        ProbeReply,
+        args.json,
+        timeout=deadline,
+        who="no gateway",
+    )
+    state = (await fetch_status(settings, args.env, args.provider, args.json)).providers
+    blocked = state[0].blocked if state else None
+    ok = [c for c in reply.calls if c.outcome is AttemptOutcome.OK]
+    recovered = len(ok) == len(reply.calls)
+    if args.json:
+        emit_json(reply.model_dump(mode="json") | {"blocked": blocked, "recovered": recovered})
+        return 0 if recovered else 1
+    where = f"BLOCKED ({blocked})" if blocked else "not blocked"
+    print(
+        f"probe {reply.provider}/{reply.model} in env {args.env} (policy version {reply.config_version}),"
+        f" provider {where}; probes are recorded in the audit log and charged to no budget"
+    )
+    rows = [
+        {
+            "probe": c.invocation_id,
+            "outcome": c.outcome.value,
+            "http": c.status_code,
+            "latency_ms": c.latency_ms,
+            "detail": c.reason,
+        }
+        for c in reply.calls
+    ]
+    print(table(rows, ["probe", "outcome", "http", "latency_ms", "detail"]))
+    if recovered:
+        hint = f"; unblock: sbctl provider unblock {reply.provider}" if blocked else ""
+        print(f"RECOVERED: {len(ok)}/{len(reply.calls)} probe calls answered{hint}")
+        return 0
+    print(f"NOT RECOVERED: {len(ok)}/{len(reply.calls)} probe calls answered; keep it blocked")
+    return 1

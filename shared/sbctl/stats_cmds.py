@@ -1,4 +1,6 @@
-"""sbctl stats and sbctl invocations: what the audit log says about the recent past."""
+"""sbctl stats, sbctl latency and sbctl invocations: what the audit log says about the recent
+past. Every answer says how far the audit log is behind, when it is: invocations answered in
+that time are not in it yet."""
 
 from __future__ import annotations
 
@@ -9,7 +11,15 @@ from pydantic import BaseModel
 
 from shared import names
 from shared.bus import Bus
-from shared.contracts import InvocationsReply, InvocationsRequest, StatsReply, StatsRequest
+from shared.contracts import (
+    AuditLag,
+    InvocationsReply,
+    InvocationsRequest,
+    StatsReply,
+    StatsRequest,
+    Status,
+    WorkflowStats,
+)
 from shared.sbctl.output import emit_json, fail, table
 from switchboard_sdk import errors
 
@@ -50,16 +60,49 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def lag_line(lag: AuditLag | None) -> str:
+    """How current the audit log is, in words."""
+    if lag is None:
+        return "audit log: lag unknown (JetStream did not say)"
+    if not lag.pending_events:
+        return "audit log: up to date"
+    return (
+        f"audit log: {lag.oldest_s:.0f} s behind ({lag.pending_events} events not yet recorded); "
+        "invocations answered since are not counted here yet"
+    )
+
+
+# Why a tier gave way: these mean an operator's mitigation is working, not that something fails.
+MITIGATION = ("blocked", "drill")
+
+
+def _fallback_reasons(w: WorkflowStats) -> str:
+    """`2 failing (server_error 2), 8 mitigated (blocked 8)`; `-` without fallbacks."""
+    failing = {r: n for r, n in w.fallbacks_by_reason.items() if r not in MITIGATION}
+    mitigated = {r: n for r, n in w.fallbacks_by_reason.items() if r in MITIGATION}
+    parts = []
+    for label, group in (("failing", failing), ("mitigated", mitigated)):
+        if group:
+            detail = ", ".join(f"{r} {n}" for r, n in sorted(group.items()))
+            parts.append(f"{sum(group.values())} {label} ({detail})")
+    return "; ".join(parts) or "-"
+
+
 async def stats(args, settings) -> int:
-    request = StatsRequest(since_s=args.since, workflow=args.workflow)
+    by_agent = args.by == "agent"
+    request = StatsRequest(since_s=args.since, workflow=args.workflow, by_agent=by_agent)
     reply: StatsReply = await _ask(args, settings, names.recorder_stats(args.env), request, StatsReply)
     if args.json:
         emit_json(reply.model_dump(mode="json"))
         return 0
     since = datetime.fromtimestamp(reply.since, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     print(f"env {args.env}  since {since}")
+    print(lag_line(reply.audit_lag))
     if not reply.workflows:
         print("no invocations recorded in this window")
+        return 0
+    if by_agent:
+        _print_agents(reply)
         return 0
     statuses = sorted({s for w in reply.workflows for s in w.by_status})
     rows = []
@@ -79,6 +122,11 @@ async def stats(args, settings) -> int:
         }
         rows.append(row)
     print(table(rows, list(rows[0])))
+    reasons = [{"workflow": w.workflow, "fallbacks": _fallback_reasons(w)} for w in reply.workflows]
+    reasons = [r for r in reasons if r["fallbacks"] != "-"]
+    if reasons:
+        print("\nfallbacks by reason (mitigated: an operator block or a drill routes around a provider)")
+        print(table(reasons, ["workflow", "fallbacks"]))
     agents = [
         {
             "workflow": w.workflow,
@@ -90,9 +138,84 @@ async def stats(args, settings) -> int:
         for a in w.top_agents
     ]
     if agents:
-        print("\ntop agents by spend")
+        print("\ntop agents by spend (sbctl stats --by agent: their sessions and max_tokens)")
         print(table(agents, ["workflow", "agent", "invocations", "spend_usd"]))
     return 0
+
+
+def _print_agents(reply: StatsReply) -> None:
+    rows = [
+        {
+            "workflow": a.workflow,
+            "agent": a.agent,
+            "invocations": a.invocations,
+            "sessions": a.sessions,
+            "spend_usd": f"{a.spend_usd:.4f}",
+            "tokens": a.tokens,
+            "max_tokens_p50": None if a.max_tokens_p50 is None else f"{a.max_tokens_p50:.0f}",
+            "max_tokens_max": a.max_tokens_max,
+            "last_seen": datetime.fromtimestamp(a.last_ts, UTC).strftime("%H:%M:%S") if a.last_ts else None,
+        }
+        for a in reply.agents
+    ]
+    print("agents by spend; MAX_TOKENS is what the caller asked for (- when it left it to the ceiling)")
+    print(table(rows, list(rows[0])))
+
+
+ANSWERED = [Status.SUCCESS, Status.FALLBACK]
+
+
+async def latency(args, settings) -> int:
+    """Latency of answered invocations per workflow: the last `--last` against the `--before`
+    that preceded it, from the audit log."""
+    subject = names.recorder_stats(args.env)
+    now = StatsRequest(since_s=args.last, workflow=args.workflow, statuses=ANSWERED)
+    before = StatsRequest(since_s=args.before, until_s=args.last, workflow=args.workflow, statuses=ANSWERED)
+    recent: StatsReply = await _ask(args, settings, subject, now, StatsReply)
+    earlier: StatsReply = await _ask(args, settings, subject, before, StatsReply)
+    old = {w.workflow: w for w in earlier.workflows}
+    rows = []
+    for name in sorted({w.workflow for w in recent.workflows} | set(old), key=lambda n: n or ""):
+        w = next((x for x in recent.workflows if x.workflow == name), WorkflowStats(workflow=name))
+        b = old.get(name, WorkflowStats(workflow=name))
+        p99_now, p99_before = w.latency_ms.get("p99"), b.latency_ms.get("p99")
+        rows.append(
+            {
+                "workflow": name,
+                "answered": w.invocations,
+                "p50_ms": _ms(w.latency_ms.get("p50")),
+                "p95_ms": _ms(w.latency_ms.get("p95")),
+                "p99_ms": _ms(p99_now),
+                "answered_before": b.invocations,
+                "p50_before": _ms(b.latency_ms.get("p50")),
+                "p95_before": _ms(b.latency_ms.get("p95")),
+                "p99_before": _ms(p99_before),
+                "p99_change": f"{p99_now / p99_before:.1f}x" if p99_now and p99_before else "-",
+            }
+        )
+    if args.json:
+        emit_json(
+            {"env": args.env, "last_s": args.last, "before_s": args.before, "workflows": rows}
+            | {"audit_lag": recent.audit_lag.model_dump() if recent.audit_lag else None}
+        )
+        return 0
+    print(
+        f"env {args.env}  latency of answered invocations (success, fallback) inside the gateway:"
+        f" last {_span(args.last)} against the {_span(args.before)} before"
+    )
+    print(lag_line(recent.audit_lag))
+    if not rows:
+        print("no answered invocations recorded in either window")
+        return 0
+    print(table(rows, list(rows[0])))
+    return 0
+
+
+def _span(seconds: float) -> str:
+    for unit in ("d", "h", "m"):
+        if seconds >= UNIT_S[unit] and seconds % UNIT_S[unit] == 0:
+            return f"{seconds / UNIT_S[unit]:g}{unit}"
+    return f"{seconds:g}s"
 
 
 async def invocations(args, settings) -> int:
@@ -104,12 +227,14 @@ async def invocations(args, settings) -> int:
     if args.json:
         emit_json(reply.model_dump(mode="json"))
         return 0
+    print(lag_line(reply.audit_lag))
     rows = [
         {
             "time": datetime.fromtimestamp(r.ts, UTC).strftime("%Y-%m-%d %H:%M:%S"),
             "invocation": r.invocation_id,
             "workflow": r.workflow,
             "agent": r.agent,
+            "session": r.session_id,
             "status": r.status,
             "via": f"{r.provider}/{r.model}" if r.provider else None,
             "ms": _ms(r.latency_ms),
@@ -123,7 +248,20 @@ async def invocations(args, settings) -> int:
     ]
     print(
         table(
-            rows, ["time", "invocation", "workflow", "agent", "status", "via", "ms", "tokens", "usd", "error"]
+            rows,
+            [
+                "time",
+                "invocation",
+                "workflow",
+                "agent",
+                "session",
+                "status",
+                "via",
+                "ms",
+                "tokens",
+                "usd",
+                "error",
+            ],
         )
     )
     return 0

@@ -13,21 +13,12 @@ import pytest
 
 from shared import rollout
 from shared.contracts import ReplicaReport
-from tests.support.helpers import SIM_KEYS, ServiceProcess, infra_env, run_sbctl
-from tests.support.rollout import put_report
+from tests.support.helpers import ServiceProcess, run_sbctl
+from tests.support.rollout import put_report, replica_env_without, use_variable_without_default
 from tests.support.stack import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 VAR = "SB_TEST_SIM_ROOT"  # set for the in-process services and sbctl, not for the process replica
-
-
-def use_variable_without_default(stack) -> None:
-    """Point openai-sim at ${VAR}/p/openai-sim/v1: a replica without VAR cannot load it."""
-    path = stack.policy_dir / "providers.yaml"
-    text = path.read_text()
-    old = "${SB_SIMULATOR_URL:-http://127.0.0.1:9180}/p/openai-sim/v1"
-    assert old in text
-    path.write_text(text.replace(old, "${" + VAR + "}/p/openai-sim/v1"))
 
 
 async def apply(stack, *extra: str) -> tuple[int, str, str]:
@@ -47,14 +38,7 @@ async def apply(stack, *extra: str) -> tuple[int, str, str]:
 
 
 async def test_rollout_table_with_a_replica_that_rejects_and_one_that_is_gone(running, tmp_path, monkeypatch):
-    env = infra_env(
-        running.infra,
-        SB_ENV=running.env,
-        SB_CONFIG_DIR=str(running.policy_dir),
-        SB_SIMULATOR_URL=running.sim.url,
-        **SIM_KEYS,
-    )
-    env.pop(VAR, None)
+    env = replica_env_without(running, VAR)
     monkeypatch.setenv(VAR, running.sim.url)  # the in-process replicas have it
     replica = await ServiceProcess("router", env, tmp_path).start()
     try:
@@ -71,7 +55,7 @@ async def test_rollout_table_with_a_replica_that_rejects_and_one_that_is_gone(ru
             reported_at=time.time() - 120,
         )
 
-        use_variable_without_default(running)
+        use_variable_without_default(running, VAR)
         code, out, err = await apply(running)
 
         assert code == 1, out + err

@@ -169,3 +169,84 @@ async def test_an_invocation_recorded_again_keeps_one_row_the_newest(stack):
     stats = await sbctl_json(stack, "stats", "--since", "3h")
     assert stats["workflows"][0]["by_status"] == {"rejected": 1, "success": 1}
     assert await db.fetchval("select count(*) from events where env = $1", env) == 4  # the trail keeps both
+
+
+async def test_latency_compares_the_last_minutes_with_the_hour_before(stack):
+    await stack.start("recorder")
+    env, now = stack.env, datetime.now(UTC)
+    batch = []
+    for i in range(1, 11):  # now: 10 answered at 100..1000 ms, and a fast refusal that is not an answer
+        batch.append(
+            invocation(
+                env, now - timedelta(minutes=5), workflow="triage", status="success", latency_ms=100.0 * i
+            )
+        )
+    batch.append(
+        invocation(
+            env, now - timedelta(minutes=5), workflow="triage", status="budget_exceeded", latency_ms=0.5
+        )
+    )
+    for i in range(1, 11):  # the hour before: ten times faster
+        batch.append(
+            invocation(
+                env, now - timedelta(minutes=40), workflow="triage", status="fallback", latency_ms=10.0 * i
+            )
+        )
+    batch.append(
+        invocation(env, now - timedelta(hours=2), workflow="triage", status="success", latency_ms=1e6)
+    )
+    await store.write_batch(stack["recorder"].db, batch)
+
+    report = await sbctl_json(stack, "latency", "--last", "15m", "--before", "1h")
+
+    (triage,) = report["workflows"]
+    assert (triage["workflow"], triage["answered"], triage["answered_before"]) == ("triage", 10, 10)
+    assert float(triage["p50_ms"]) == pytest.approx(550, rel=0.0025)
+    assert float(triage["p50_before"]) == pytest.approx(55, rel=0.0025)
+    assert triage["p99_change"] == "10.0x"
+    code, out, err = await run_sbctl(stack.infra, "latency", "--env", env)
+    assert code == 0, err
+    assert out.splitlines()[0].endswith("last 15m against the 1h before")
+    assert out.splitlines()[1] == "audit log: up to date"
+
+
+async def test_stats_by_agent_counts_sessions_and_requested_max_tokens(stack):
+    await stack.start("recorder")
+    env, at = stack.env, datetime.now(UTC) - timedelta(minutes=3)
+    batch = [
+        invocation(
+            env,
+            at,
+            workflow="triage",
+            agent="loop",
+            session_id=f"s-{i}",
+            status="success",
+            max_tokens=3000,
+            cost_usd=0.01,
+        )
+        for i in range(5)
+    ]
+    batch += [
+        invocation(
+            env,
+            at,
+            workflow="triage",
+            agent="calm",
+            session_id="one",
+            status="success",
+            max_tokens=m,
+            cost_usd=0.001,
+        )
+        for m in (100, 200, 300)
+    ]
+    batch.append(invocation(env, at, workflow="triage", agent="calm", session_id="one", status="success"))
+    await store.write_batch(stack["recorder"].db, batch)
+
+    stats = await sbctl_json(stack, "stats", "--since", "1h", "--by", "agent")
+
+    rows = [
+        (a["agent"], a["invocations"], a["sessions"], a["max_tokens_p50"], a["max_tokens_max"])
+        for a in stats["agents"]
+    ]
+    assert rows == [("loop", 5, 5, 3000, 3000), ("calm", 4, 1, 200, 300)]  # most spend first
+    assert stats["agents"][0]["spend_usd"] == pytest.approx(0.05)

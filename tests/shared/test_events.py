@@ -28,6 +28,7 @@ from shared.contracts import (
     InvocationEvent,
     LeverEvent,
     PassthroughEvent,
+    ProbeEvent,
     ProviderBlockEvent,
     RateLimitEvent,
     RateLimitSource,
@@ -148,6 +149,18 @@ def samples(iid: str) -> list[Event]:
             changed=True,
             config_version=VERSION,
         ),
+        ProbeEvent(
+            invocation_id=f"probe-{iid}",
+            provider="openai-sim",
+            model="gpt-sim-large",
+            outcome=AttemptOutcome.SERVER_ERROR,
+            latency_ms=3.5,
+            status_code=503,
+            reason="HTTP 503: unavailable",
+            by="ops",
+            why="before unblocking",
+            config_version=VERSION,
+        ),
     ]
 
 
@@ -221,14 +234,16 @@ async def test_every_kind_walks_from_emit_through_the_recorder_to_sbctl_trace(st
     reply = await wait_for(traced, timeout=30, interval=0.2, message="sbctl trace to show nine events")
     assert reply.invocation.model_dump() == sent[EventKind.INVOCATION].model_dump()
     by_kind = {e.kind: e for e in reply.events}
-    scoped = set(EventKind) - {EventKind.CONFIG, EventKind.PROVIDER_BLOCK, EventKind.LEVER}
+    # a probe is named by its own probe id, never an agent's invocation
+    unscoped = (EventKind.CONFIG, EventKind.PROVIDER_BLOCK, EventKind.LEVER, EventKind.PROBE)
+    scoped = set(EventKind) - set(unscoped)
     assert set(by_kind) == scoped
     for kind in scoped:
         assert type(by_kind[kind]) is type(sent[kind])
         assert by_kind[kind].model_dump() == sent[kind].model_dump(), kind
 
-    # Events that name no invocation are in the audit log, as the same models.
-    for kind in (EventKind.CONFIG, EventKind.PROVIDER_BLOCK, EventKind.LEVER):
+    # Events that name no agent's invocation are in the audit log, as the same models.
+    for kind in unscoped:
         body = await wait_for(lambda k=kind: stored(stack, sent[k].event_id), message=f"the {kind} event")
         assert codec.decode_event(body).model_dump() == sent[kind].model_dump()
 

@@ -87,6 +87,7 @@ async def test_apply_show_and_unchanged_reapply(stack):
     assert code == 0
     assert out.startswith("version 1 applied by ")
     assert "support-triage: openai-sim/gpt-sim-large -> anthropic-sim/claude-sim-sonnet" in out
+    assert "    tier 1  anthropic-sim/claude-sim-sonnet  timeout 8000 ms  slo_p99 3000 ms" in out
 
 
 async def test_apply_of_broken_files_applies_nothing(stack, tmp_path):

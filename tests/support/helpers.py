@@ -75,15 +75,14 @@ async def run_sbctl(
 ) -> tuple[int, str, str]:
     """`python -m shared.sbctl ARGS` as a subprocess (never blocking the event loop, where the
     services under test run); returns (exit code, stdout, stderr)."""
+    env = infra_env(infra, **(extra_env or {}))
+    return await run_process(sys.executable, "-m", "shared.sbctl", *args, cwd=REPO, env=env, timeout=timeout)
+
+
+async def run_process(*argv: str, cwd, env: dict[str, str], timeout: float) -> tuple[int, str, str]:
+    """A subprocess without blocking the event loop; (exit code, stdout, stderr)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "shared.sbctl",
-        *args,
-        cwd=REPO,
-        env=infra_env(infra, **(extra_env or {})),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        *argv, cwd=cwd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)

@@ -115,8 +115,9 @@ async def write_batch(pool: asyncpg.Pool, events: list[Event]) -> None:
 
 
 async def read_trace(pool: asyncpg.Pool, env: str, invocation_id: str) -> tuple[bytes | None, list[bytes]]:
-    """The invocation's summary row and every event that names it, oldest first."""
-    async with pool.acquire() as conn:
+    """The invocation's summary row and every event that names it, oldest first, as of one
+    moment (a batch committed between the two reads would show events without their row)."""
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         row = await conn.fetchrow(
             "select body from invocations where env = $1 and invocation_id = $2 order by ts desc limit 1",
             env,

@@ -60,12 +60,17 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+LAG_NOTICE_S = 2.0  # an audit log less behind than this is up to date for anyone reading it
+
+
 def lag_line(lag: AuditLag | None) -> str:
     """How current the audit log is, in words."""
     if lag is None:
         return "audit log: lag unknown (JetStream did not say)"
     if not lag.pending_events:
         return "audit log: up to date"
+    if lag.oldest_s < LAG_NOTICE_S:  # live traffic always has a few events on their way
+        return f"audit log: up to date ({lag.pending_events} events on their way, under {LAG_NOTICE_S:g} s)"
     return (
         f"audit log: {lag.oldest_s:.0f} s behind ({lag.pending_events} events not yet recorded); "
         "invocations answered since are not counted here yet"

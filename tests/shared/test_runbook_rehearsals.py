@@ -11,6 +11,8 @@ import uuid
 import asyncpg
 import pytest
 
+from services.recorder.service import audit_lag
+from shared.sbctl.stats_cmds import LAG_NOTICE_S
 from tests.support.fallback import events, provider, provider_status, sim_count
 from tests.support.helpers import ServiceProcess, run_sbctl
 from tests.support.hitl import write_review_policy
@@ -219,6 +221,10 @@ async def test_audit_lag(running):
         answered = await client.invoke("support-triage", "answered, not yet recorded")
         assert answered.status.value == "success"
         book.values["invocation-id"] = answered.invocation_id
+        js = running["recorder"].bus.js
+        await wait_for(
+            lambda: _behind(js, running.env, LAG_NOTICE_S), timeout=10, message="the audit log to fall behind"
+        )
 
         find = await book.run("audit-lag/find")
         assert codes(find) == [0, 0, 1], [r.err for r in find]
@@ -241,6 +247,11 @@ async def test_audit_lag(running):
     (confirm,) = await book.run("audit-lag/confirm")
     assert confirm.code == 0, confirm.err
     assert f"invocation {answered.invocation_id}" in confirm.out
+
+
+async def _behind(js, env: str, seconds: float) -> bool:
+    pending, age = await audit_lag(js, env)
+    return pending > 0 and age >= seconds
 
 
 async def _has_row(stack, invocation_id: str) -> bool:

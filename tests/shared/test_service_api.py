@@ -17,7 +17,12 @@ from tests.support.helpers import run_sbctl
 from tests.support.stack import SERVICES
 
 ENDPOINTS = {
-    "gateway": {"invoke", "agent-invoke", "gateway-resume"},  # operators', agents', hitl's
+    "gateway": {
+        "invoke",
+        "agent-invoke",
+        "gateway-resume",
+        "gateway-probe",
+    },  # operators', agents', hitl's, probes
     "router": {"router-plan", "router-outcome", "router-status", "router-block", "degradation"},
     "budget": {"budget-reserve", "budget-settle", "budget-show"},
     "recorder": {
@@ -113,6 +118,7 @@ async def test_each_replica_answers_ping_info_and_stats_with_exact_counts(runnin
             ("invoke", 4, 1),
             ("agent-invoke", 0, 0),
             ("gateway-resume", 0, 0),
+            ("gateway-probe", 0, 0),
         ]
         [budget] = [r for r in replicas if r["service"] == "budget"]
         reserve = next(e for e in budget["endpoints"] if e["name"] == "budget-reserve")

@@ -1,6 +1,7 @@
 """The shipped alerts and dashboard: promtool accepts the rules and passes their unit tests, every
 alert has a test that fires it and names a runbook section that exists, and every metric the
-alerts and the dashboard read is one the services export (their Prometheus registry)."""
+alerts, the dashboard and the runbook's PromQL read is one the services export (their Prometheus
+registry); the runbook's PromQL parses."""
 
 from __future__ import annotations
 
@@ -148,3 +149,20 @@ def test_the_local_prometheus_of_make_run_scrapes_every_service_with_the_alerts(
     assert ports == {
         name: f"127.0.0.1:{port}" for name, (_, port) in run.SERVICES.items() if name != "simulator"
     }
+
+
+def runbook_promql() -> list[str]:
+    blocks = re.findall(r"```promql\n(.*?)```", RUNBOOK.read_text(), re.S)
+    return [line.strip() for block in blocks for line in block.splitlines() if line.strip()]
+
+
+def test_the_runbooks_promql_parses_and_reads_only_exported_metrics(tmp_path):
+    exprs = runbook_promql()
+    assert len(exprs) > 10  # the extraction found them
+    path = tmp_path / "runbook_queries.yml"
+    rules = [{"record": f"runbook:query_{i}", "expr": expr} for i, expr in enumerate(exprs)]
+    path.write_text(yaml.safe_dump({"groups": [{"name": "runbook", "rules": rules}]}))
+    result = promtool("check", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    used = {m for e in exprs for m in METRIC.findall(e)}
+    assert used - exported() == set()

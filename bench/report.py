@@ -73,7 +73,14 @@ def summarize(points: list[dict]) -> list[dict]:
         for q in ("p50", "p99"):
             ok = base is not None and row[q] is not None and base[q] is not None
             row[f"added_{q}"] = round(row[q] - base[q], 3) if ok and row["path"] != "direct" else None
-    order = {"direct": 0, "healthy": 1, "fallback": 2, "litellm-healthy": 3, "litellm-fallback": 4}
+    order = {
+        "direct": 0,
+        "healthy": 1,
+        "ingress": 2,
+        "fallback": 3,
+        "litellm-healthy": 4,
+        "litellm-fallback": 5,
+    }
     rows.sort(
         key=lambda r: (r["sim_ms"], order.get(r["path"], 9), r["log_level"] != "WARNING", r["concurrency"])
     )
@@ -101,6 +108,14 @@ def targets(rows: list[dict], peak_rss: dict[str, float]) -> list[dict]:
             "healthy, sim 0 ms, c=1: added p50 <= 2 ms and p99 <= 5 ms",
             ok,
             f"added p50 {c1['added_p50']:.2f} ms, p99 {c1['added_p99']:.2f} ms",
+        )
+    ingress = _find(rows, "ingress", 0, 1)
+    if c1 and ingress and ingress["p50"] is not None and c1["p50"] is not None:
+        over = ingress["p50"] - c1["p50"]
+        add(
+            "ingress, sim 0 ms, c=1: adds <= 1 ms p50 over the NATS path",
+            over <= 1.0,
+            f"ingress p50 {ingress['p50']:.2f} ms, NATS p50 {c1['p50']:.2f} ms: {over:+.2f} ms",
         )
     c64 = _find(rows, "healthy", 0, 64)
     if c64 and c64["added_p99"] is not None:
@@ -199,7 +214,11 @@ def cpu_table(rows: list[dict]) -> str:
     lines = []
     for r in rows:
         cpu = r["cpu_per_1k"]
-        sb = sum(cpu.get(n) or 0.0 for n in SERVICES) if r["path"] in ("healthy", "fallback") else None
+        sb = (
+            sum(cpu.get(n) or 0.0 for n in SERVICES)
+            if r["path"] in ("healthy", "ingress", "fallback")
+            else None
+        )
         lines.append(
             [_label(r), _f(r["sim_ms"], 0), str(r["concurrency"])]
             + [_f(cpu.get(n), 2) for n in present]

@@ -38,6 +38,7 @@ from shared import names  # noqa: E402
 
 WORKFLOW = "support-triage"  # tier 0 openai-sim/gpt-sim-large, tier 1 anthropic-sim/claude-sim-sonnet
 PRIMARY_429 = {"kind": "429", "provider": "openai-sim"}  # no count: until removed
+GATEWAY_PATHS = ("healthy", "ingress", "fallback")  # invocations that reach the audit log
 MAX_ERROR_RATE = 0.01  # of requests failed, or of invocations missing from the audit log
 
 
@@ -48,7 +49,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=2, help="repeats per point (median reported)")
     p.add_argument("--concurrency", default="1,16,64", help="comma-separated")
     p.add_argument("--latency", default="0,50", help="simulator latencies in ms, comma-separated")
-    p.add_argument("--paths", default="direct,healthy,fallback", help="comma-separated")
+    p.add_argument("--paths", default="direct,healthy,ingress,fallback", help="comma-separated")
     p.add_argument("--no-info-point", action="store_true", help="skip the healthy c=64 point at INFO")
     p.add_argument("--compare-litellm", action="store_true", help="also run LiteLLM proxy (optional)")
     p.add_argument("--smoke", action="store_true", help="a few seconds; fails only on crash or errors")
@@ -136,6 +137,7 @@ class Bench:
         self.proxy: litellm_proxy.Proxy | None = None
         self.points: list[dict] = []
         self.sent_to_gateway = 0
+        self.ingress_key: str | None = None  # issued once the services run
 
     def targets(self) -> dict[str, dict]:
         messages = [{"role": "user", "content": PROMPT}]
@@ -160,6 +162,19 @@ class Bench:
             "healthy": {**nats_target, "expect": ["success/ok"]},
             "fallback": {**nats_target, "expect": ["fallback/rate_limited"]},
         }
+        if self.ingress_key is not None:  # the same invocation through the OpenAI-compatible API
+            out["ingress"] = {
+                "kind": "http",
+                "url": f"http://127.0.0.1:{self.stack.other_ports['ingress']['api_port']}/v1/chat/completions",
+                "headers": {
+                    "Authorization": f"Bearer {self.ingress_key}",
+                    "Content-Type": "application/json",
+                },
+                "body": orjson.dumps(
+                    {"model": WORKFLOW, "messages": messages, "max_tokens": MAX_TOKENS}
+                ).decode(),
+                "expect": ["200"],
+            }
         if self.proxy is not None:
             out["litellm-healthy"] = self.proxy.target("bench-primary", "gpt-sim-large")
             out["litellm-fallback"] = self.proxy.target("claude-sim-sonnet")
@@ -178,7 +193,7 @@ class Bench:
         try:
             if args.warmup > 0:
                 warm = await self.loadgen.run(target, concurrency, args.warmup)
-                self.sent_to_gateway += warm["total"] if target["kind"] == "nats" else 0
+                self.sent_to_gateway += warm["total"] if path in GATEWAY_PATHS else 0
                 await stack.wait_quiet()
             before = stack.sample(self.extra_pids())
             result = await self.loadgen.run(target, concurrency, args.duration)
@@ -188,7 +203,7 @@ class Bench:
             if fault is not None:
                 await stack.remove_fault(fault)
         stack.check_alive()
-        if target["kind"] == "nats":
+        if path in GATEWAY_PATHS:
             self.sent_to_gateway += result["total"]
         cpu = report.cpu_deltas(before, after)
         wall = after["t"] - before["t"]
@@ -228,6 +243,8 @@ class Bench:
                 await stack.start_services("WARNING")
                 services_up = True
                 log(f"services ready on env {stack.env_name}, policy version {stack.version}")
+                if "ingress" in args.paths:
+                    self.ingress_key = await stack.ingress_key("bench")
             for rep in range(args.repeat):
                 for c in args.concurrency:
                     for path in args.paths:

@@ -23,7 +23,8 @@ import redis.asyncio as aioredis
 import yaml
 
 from services import catalog
-from shared import keys, names
+from shared import codec, keys, names
+from shared.contracts import IngressKeyAdd, IngressKeysReply
 
 REPO = Path(__file__).resolve().parents[1]
 SERVICES = catalog.NAMES  # started in this order, stopped in reverse
@@ -176,6 +177,10 @@ class Stack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.policy_dir = bench_policy(work_dir / "config")
         self.ports = {name: free_port() for name in ("simulator", *SERVICES)}
+        # Further listening ports (settings field -> port), e.g. the ingress's API.
+        self.other_ports = {
+            name: {f: free_port() for f in catalog.entry(name).other_ports} for name in SERVICES
+        }
         self.procs: dict[str, subprocess.Popen] = {}
         self.peak_rss: dict[str, float] = {}
         self.version: str | None = None
@@ -246,7 +251,7 @@ class Stack:
             self.version = await self.apply_policy()
         for name in SERVICES:
             env = {**self.base_env, "SB_HTTP_PORT": str(self.ports[name]), "SB_LOG_LEVEL": log_level}
-            env |= {f"SB_{field.upper()}": str(free_port()) for field in catalog.entry(name).other_ports}
+            env |= {f"SB_{field.upper()}": str(port) for field, port in self.other_ports[name].items()}
             self._spawn(name, env)
         for name in SERVICES:
             await self._wait_http(name, "/readyz")
@@ -329,6 +334,15 @@ class Stack:
         if proc.returncode != 0:
             raise RuntimeError(f"sbctl config apply failed: {out.decode()}{err.decode()}")
         return str(json.loads(out)["version"])
+
+    async def ingress_key(self, agent: str) -> str:
+        """An API key of the ingress acting as `agent` (as `sbctl ingress keys add` issues it)."""
+        body = IngressKeyAdd(agent=agent, by="bench", reason="benchmark")
+        msg = await self.nc.request(names.ingress(self.env_name, "keys.add"), codec.encode(body), timeout=10)
+        reply = codec.decode(msg.data, IngressKeysReply)
+        if reply.error is not None:
+            raise RuntimeError(f"no ingress key: {reply.error.message}")
+        return reply.keys[0].key
 
     # --- simulator faults --------------------------------------------------------------
 
@@ -433,7 +447,7 @@ class Stack:
             await r.aclose()
         conn = await asyncpg.connect(self.base_env["SB_DATABASE_URL"])
         try:
-            for table in ("events", "invocations", "config_versions", "policy_history"):
+            for table in ("events", "invocations", "config_versions", "policy_history", "ingress_keys"):
                 await conn.execute(f"delete from {table} where env = $1", self.env_name)
         finally:
             await conn.close()

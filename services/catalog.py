@@ -40,6 +40,7 @@ SERVICES: tuple[ServiceEntry, ...] = (
     ServiceEntry("router", "Router"),
     ServiceEntry("budget", "Budget"),
     ServiceEntry("hitl", "Hitl", other_ports=("api_port",)),
+    ServiceEntry("ingress", "Ingress", other_ports=("api_port",)),
     ServiceEntry("gateway", "Gateway"),
 )
 NAMES: tuple[str, ...] = tuple(s.name for s in SERVICES)

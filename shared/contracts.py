@@ -47,6 +47,7 @@ from switchboard_sdk.contracts import (  # noqa: F401  (re-exported: the one pla
     Strict,
     Usage,
 )
+from switchboard_sdk.nats_auth import AGENT_PATTERN
 
 # A drill's own invocations carry this metadata key naming a provider: the router skips that
 # provider for them alone (source "drill"), so live traffic is untouched and nothing is left
@@ -762,6 +763,49 @@ class InvocationRow(Open):
 class InvocationsReply(Open):
     invocations: list[InvocationRow] = Field(default_factory=list)
     audit_lag: AuditLag | None = None
+    error: ErrorInfo | None = None
+
+
+# --- operators <-> ingress (sbctl ingress keys) --------------------------------------------
+
+AgentName = Annotated[str, StringConstraints(pattern=AGENT_PATTERN.pattern)]  # a NATS subject token
+
+
+class IngressKeyAdd(Strict):
+    """Issue an API key for the HTTP ingress; its caller acts as `agent`."""
+
+    agent: AgentName
+    by: Label
+    reason: Text200 = Field(min_length=1)
+
+
+class IngressKeyRevoke(Strict):
+    key_id: Identifier
+    by: Label
+    reason: Text200 = Field(min_length=1)
+
+
+class IngressKeyList(Strict):
+    include_revoked: bool = False
+
+
+class IngressKey(Open):
+    """An API key as the operator sees it: never the key, except once in the reply that issued it."""
+
+    key_id: str
+    agent: str
+    prefix: str  # the key's first characters, to tell keys apart
+    created_at: float
+    created_by: str
+    reason: str
+    revoked_at: float | None = None
+    revoked_by: str | None = None
+    revoke_reason: str | None = None
+    key: str | None = None
+
+
+class IngressKeysReply(Open):
+    keys: list[IngressKey] = Field(default_factory=list)
     error: ErrorInfo | None = None
 
 

@@ -135,3 +135,11 @@ def gateway_resume(env: str) -> str:
 def gateway_probe(env: str) -> str:
     """operator -> gateway: a few probe calls to one provider (queue group `gateway`)."""
     return f"sb.{env}.gateway.probe"
+
+
+INGRESS_QUEUE = "ingress"
+
+
+def ingress(env: str, op: str) -> str:
+    """ingress requests from sbctl: keys.add, keys.list, keys.revoke."""
+    return f"sb.{env}.ingress.{op}"

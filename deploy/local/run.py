@@ -48,6 +48,7 @@ PROMETHEUS_PORT = 9190
 ALERTS = REPO / "deploy/prometheus/alerts.yml"
 OTHER_PORTS = [p for e in catalog.SERVICES for f, p in e.ports.items() if f != "http_port"]
 HITL_API = f"http://127.0.0.1:{catalog.entry('hitl').ports['api_port']}"
+INGRESS_API = f"http://127.0.0.1:{catalog.entry('ingress').ports['api_port']}/v1"
 DEMO_KEYS = {"SB_OPENAI_SIM_API_KEY": "sk-demo-openai", "SB_ANTHROPIC_SIM_API_KEY": "sk-demo-anthropic"}
 PROMPTS = [
     "Customer says the invoice total is wrong after the plan change.",
@@ -353,6 +354,29 @@ async def _reviews(env: dict[str, str], token: str) -> list:
     return [final_approved, final_ignored]
 
 
+def ingress_demo(env: dict[str, str]) -> None:
+    """One call through the OpenAI-compatible ingress, with a key issued by sbctl."""
+    issued = json.loads(
+        sbctl_out(
+            env, "ingress", "keys", "add", "--agent", "demo-agent", "--reason", "make run demo", "--json"
+        )
+    )
+    body = {"model": "support-triage", "messages": [{"role": "user", "content": PROMPTS[0]}]}
+    request = urllib.request.Request(
+        f"{INGRESS_API}/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {issued['key']}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        reply = json.loads(response.read())
+    board = reply["switchboard"]
+    log(
+        f"OpenAI-compatible ingress ({INGRESS_API}, key {issued['key_id']} as demo-agent): "
+        f"{board['invocation_id']} {board['status']} via {board['provider']}/{reply['model']}"
+    )
+    log(f'  any OpenAI client: OpenAI(base_url="{INGRESS_API}", api_key="<key>"), model = the workflow')
+
+
 def summary(results: list) -> str:
     groups: dict[tuple[str, str], list] = defaultdict(list)
     for r in results:
@@ -421,6 +445,7 @@ def main() -> None:
         )
         results = asyncio.run(demo(env, args.invocations))
         results += review_demo(env, log_dir.parent)
+        ingress_demo(env)
         if args.auth:
             asyncio.run(show_refusal(env))
         print("\n" + summary(results) + "\n", flush=True)

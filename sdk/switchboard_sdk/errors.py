@@ -113,6 +113,12 @@ class StreamNotAllowed(InvalidRequest):
     code = "stream_not_allowed"
 
 
+class BudgetExceeded(SwitchboardError):
+    """A token or spend limit refused the invocation before any model was called."""
+
+    code = "budget_exceeded"
+
+
 class NotFound(SwitchboardError):
     code = "not_found"
 

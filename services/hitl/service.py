@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from contextlib import AsyncExitStack, suppress
 from datetime import UTC, datetime
 
 import orjson
-import uvicorn
 from nats.errors import NoRespondersError
 
 from services.hitl import api, export
 from services.hitl.reviewing import summary
 from services.hitl.store import Store, reviewer_wire
-from shared import names
+from shared import asgi, names
 from shared.contracts import (
     DeciderKind,
     ExportReply,
@@ -96,27 +94,9 @@ class HitlService(Service):
     # --- the reviewers' API server ----------------------------------------------------
 
     async def _start_api(self, stack: AsyncExitStack) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.settings.http_host, self.settings.api_port))
-        self.api_port = sock.getsockname()[1]
-        config = uvicorn.Config(api.build(self), log_level="warning", access_log=False, lifespan="off")
-        server = uvicorn.Server(config)
-        server.install_signal_handlers = lambda: None  # the service owns SIGTERM
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-
-        async def stop() -> None:
-            server.should_exit = True
-            with suppress(Exception):
-                await asyncio.wait_for(task, 10)
-            sock.close()
-
-        stack.push_async_callback(stop)
-        # uvicorn offers no event to wait on
-        while not server.started and not task.done():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-        if task.done():
-            task.result()
+        self.api_port = await asgi.serve(
+            api.build(self), self.settings.http_host, self.settings.api_port, stack
+        )
 
     def health_details(self) -> dict:
         return {"api_port": getattr(self, "api_port", None)}

@@ -19,6 +19,7 @@ from shared.sbctl import (
     drill_cmds,
     history_cmds,
     hitl_cmds,
+    ingress_cmds,
     invoke_cmds,
     promote_cmds,
     provider_cmds,
@@ -254,6 +255,7 @@ def parser() -> argparse.ArgumentParser:
         p.set_defaults(func=switch_cmds.status)
 
     hitl_cmds.add_parsers(sub, _common)
+    ingress_cmds.add_parsers(sub, _common)
     return root
 
 

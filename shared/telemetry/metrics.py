@@ -154,3 +154,14 @@ EVENTS_DEAD_LETTERED = Counter(
     "Events the audit log could not hold, kept in dead_letters (unreadable | rejected).",
     ["reason"],
 )
+INGRESS_REQUESTS = Counter(
+    "switchboard_ingress_requests_total",
+    "Requests to the ingress's OpenAI-compatible API, by route and HTTP status code.",
+    ["route", "code"],
+)
+INGRESS_LATENCY = Histogram(
+    "switchboard_ingress_request_latency_seconds",
+    "Time the ingress took to answer an API request, the invocation included.",
+    ["route"],
+    buckets=LATENCY_BUCKETS,
+)

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
 OVERLAYS = ("staging", "prod")
 SERVICES = catalog.NAMES
-AUTOSCALED = {"gateway", "router", "budget", "hitl"}
+AUTOSCALED = {"gateway", "router", "budget", "hitl", "ingress"}
 KUBERNETES_VERSION = "1.29.0"  # validated against this API; old enough for most clusters in use
 
 

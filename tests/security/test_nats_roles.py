@@ -119,6 +119,18 @@ PROBES = [
     ("hitl", DENY, PUB, sb("budget.settle")),
     ("hitl", DENY, PUB, f"$KV.{B}.policy"),
     ("hitl", DENY, PUB, sb("invoke.support-triage")),
+    # ingress: invokes as the agent of the caller's API key; serves the key requests
+    ("ingress", ALLOW, PUB, sb("agent.alice.invoke.support-triage")),
+    ("ingress", ALLOW, SUB, sb("ingress.keys.add")),
+    ("ingress", ALLOW, PUB, sb("events.lever")),
+    ("ingress", DENY, PUB, sb("invoke.support-triage")),  # the operators' label subject
+    ("ingress", DENY, PUB, sb("budget.settle")),
+    ("ingress", DENY, PUB, sb("router.block")),
+    ("ingress", DENY, PUB, f"$KV.{B}.policy"),
+    ("ingress", DENY, SUB, sb("agent.*.invoke.*")),  # read agents' prompts
+    ("ingress", DENY, SUB, "_INBOX.>"),
+    ("operator", ALLOW, PUB, sb("ingress.keys.revoke")),
+    ("agent-alice", DENY, PUB, sb("ingress.keys.add")),  # issue itself a key
     # operator (sbctl): policy, levers, the label invoke subject; never an agent, a settle or an event
     ("operator", ALLOW, PUB, f"$KV.{B}.policy"),
     ("operator", ALLOW, PUB, sb("router.block")),

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from shared import names
-from tests.support.helpers import SIM_KEYS, ServiceProcess, free_port, infra_env, ops_get
+from tests.support.helpers import SIM_KEYS, ServiceProcess, free_port, infra_env, ops_get, process_metric
 from tests.support.hitl import add_reviewer
 from tests.support.stack import wait_for
 
@@ -53,15 +53,6 @@ async def test_garbage_on_every_subject_gets_a_coded_error_and_the_service_keeps
         await nc.close()
 
 
-async def metric(port: int, name: str, **labels: str) -> float:
-    """One sample from a process's /metrics (0 when absent)."""
-    text = (await ops_get(port, "/metrics")).text
-    for line in text.splitlines():
-        if line.startswith(f"{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 async def test_as_a_process_it_serves_ops_and_api_and_counts_exactly(stack, tmp_path):
     await stack.start("router", "budget", "gateway")
     api_port = free_port()
@@ -88,10 +79,12 @@ async def test_as_a_process_it_serves_ops_and_api_and_counts_exactly(stack, tmp_
         held = [await sb.invoke("refunds", f"Refund {i}.", metadata={"amount": 900}) for i in range(3)]
 
         async def depth_is_three() -> bool:
-            return await metric(proc.port, "switchboard_hitl_queue_depth", queue="payments") == 3
+            return await process_metric(proc.port, "switchboard_hitl_queue_depth", queue="payments") == 3
 
         await wait_for(depth_is_three, message="the depth gauge")
-        assert await metric(proc.port, "switchboard_hitl_oldest_pending_seconds", queue="payments") >= 0
+        assert (
+            await process_metric(proc.port, "switchboard_hitl_oldest_pending_seconds", queue="payments") >= 0
+        )
         token = await add_reviewer(stack, "alice", "payments")
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{api_port}", headers={"Authorization": f"Bearer {token}"}
@@ -100,16 +93,16 @@ async def test_as_a_process_it_serves_ops_and_api_and_counts_exactly(stack, tmp_
             await http.post(f"/v1/reviews/{held[1].review_id}/reject", json={"reason": "no"})
 
         async def depth_is_one() -> bool:
-            return await metric(proc.port, "switchboard_hitl_queue_depth", queue="payments") == 1
+            return await process_metric(proc.port, "switchboard_hitl_queue_depth", queue="payments") == 1
 
         await wait_for(depth_is_one, message="the depth gauge to fall")
-        approved = await metric(
+        approved = await process_metric(
             proc.port, "switchboard_hitl_decisions_total", queue="payments", decision="approved", by="human"
         )
-        rejected = await metric(
+        rejected = await process_metric(
             proc.port, "switchboard_hitl_decisions_total", queue="payments", decision="rejected", by="human"
         )
-        timeouts = await metric(
+        timeouts = await process_metric(
             proc.port, "switchboard_hitl_decisions_total", queue="payments", decision="timeout", by="system"
         )
         assert (approved, rejected, timeouts) == (1, 1, 0)

@@ -121,7 +121,7 @@ async def test_promote_is_refused_when_a_staging_replica_did_not_acknowledge(run
 
     assert code == 1
     assert err.strip() == (
-        f"error [refused]: 1 of 5 live replica(s) in {staging} did not acknowledge version 1"
+        f"error [refused]: 1 of 6 live replica(s) in {staging} did not acknowledge version 1"
         f" (see sbctl config status --env {staging})"
     )
     assert await history_rows(running, prod) == []

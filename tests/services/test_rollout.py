@@ -45,7 +45,7 @@ async def test_rollout_table_with_a_replica_that_rejects_and_one_that_is_gone(ru
         await replica.wait_ready()
         code, out, err = await apply(running)
         assert code == 0, out + err
-        assert out.splitlines()[-1] == "rollout: all 5 live replica(s) run version 1"
+        assert out.splitlines()[-1] == "rollout: all 6 live replica(s) run version 1"
         await put_report(
             running,
             service="gateway",
@@ -68,6 +68,7 @@ async def test_rollout_table_with_a_replica_that_rejects_and_one_that_is_gone(ru
             ("gateway", "1", "stale"),
             ("gateway", "2", "ok"),
             ("hitl", "2", "ok"),
+            ("ingress", "2", "ok"),
             ("router", "1", "rejected"),
             ("router", "2", "ok"),
         ]
@@ -75,7 +76,7 @@ async def test_rollout_table_with_a_replica_that_rejects_and_one_that_is_gone(ru
         assert f"${{{VAR}}} is not set and has no default" in rejected
         gone = next(line for key, line in rows.items() if key[3] == "stale")
         assert "old-host-41-dead00" in gone and "gone?" in gone
-        assert lines[-1] == "rollout: FAILED, 1 of 5 live replica(s) rejected it or stayed silent"
+        assert lines[-1] == "rollout: FAILED, 1 of 6 live replica(s) rejected it or stayed silent"
 
         # the replica that rejected keeps running the last good version
         code, out, err = await run_sbctl(running.infra, "config", "status", "--env", running.env, "--json")
@@ -88,6 +89,7 @@ async def test_rollout_table_with_a_replica_that_rejects_and_one_that_is_gone(ru
             ("gateway", "ok"),
             ("gateway", "stale"),
             ("hitl", "ok"),
+            ("ingress", "ok"),
             ("router", "ok"),
             ("router", "rejected"),
         ]
@@ -121,6 +123,7 @@ async def test_a_live_replica_that_never_answers_is_silent_and_apply_fails(runni
         "router": "ok",
         "budget": "ok",
         "hitl": "ok",
+        "ingress": "ok",
     }
 
 
@@ -135,7 +138,7 @@ async def test_a_replica_that_stops_cleanly_withdraws_its_report(running):
         )
     finally:
         await nc.close()
-    assert before == {"gateway", "router", "budget", "hitl"}
+    assert before == {"gateway", "router", "budget", "hitl", "ingress"}
 
 
 async def _services(nc, env, predicate) -> bool:

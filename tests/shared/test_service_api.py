@@ -43,6 +43,7 @@ ENDPOINTS = {
         "hitl-queue_op",
         "hitl-export",
     },
+    "ingress": {"ingress-keys-add", "ingress-keys-revoke", "ingress-keys-list"},
 }
 
 
@@ -108,6 +109,7 @@ async def test_each_replica_answers_ping_info_and_stats_with_exact_counts(runnin
             "budget",
             "gateway",
             "hitl",
+            "ingress",
             "recorder",
             "router",
             "router",

@@ -43,6 +43,15 @@ def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
+async def process_metric(port: int, name: str, **labels: str) -> float:
+    """One sample from a process's /metrics (0 when absent)."""
+    text = (await ops_get(port, "/metrics")).text
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 # --- raw NATS ------------------------------------------------------------------------------
 
 

@@ -1,0 +1,3 @@
+from services.ingress.service import IngressService
+
+IngressService.main()

@@ -72,6 +72,11 @@ def build(svc: "IngressService") -> FastAPI:
         invocation_id = request.headers.get("idempotency-key") or request.headers.get("x-request-id")
         return _respond(request.url.path, started, status, body, headers, invocation_id)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        """A fault of our own: still an OpenAI error object (the traceback goes to the log)."""
+        return await _coded(request, errors.SwitchboardError(f"internal error: {type(exc).__name__}"))
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         """An unknown route or method, in OpenAI's error shape too (not counted: any path)."""

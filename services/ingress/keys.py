@@ -51,11 +51,14 @@ class Keys:
         now = time.monotonic()
         cached = self._cache.get(digest)
         if cached is None or cached[0] < now:
-            agent = await self.pool.fetchval(
-                "select agent from ingress_keys where env = $1 and key_hash = $2 and revoked_at is null",
-                self.env,
-                digest,
-            )
+            try:
+                agent = await self.pool.fetchval(
+                    "select agent from ingress_keys where env = $1 and key_hash = $2 and revoked_at is null",
+                    self.env,
+                    digest,
+                )
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+                raise errors.Unavailable(f"API keys cannot be checked: {type(exc).__name__}") from exc
             if len(self._cache) > 10_000:  # unknown keys must not grow it without bound
                 self._cache.clear()
             cached = self._cache[digest] = (now + self.cache_s, agent)

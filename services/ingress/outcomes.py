@@ -12,17 +12,8 @@ from __future__ import annotations
 from shared.contracts import InvokeResult, Status
 from switchboard_sdk import errors
 
-
-class HeldForReview(errors.SwitchboardError):
-    """Not a failure: accepted and held for a reviewer; the same Idempotency-Key asks again."""
-
-    code = "pending_review"
-    retryable = True
-
-
 # class -> (HTTP status, OpenAI error type)
 STATUS: dict[type[errors.SwitchboardError], tuple[int, str]] = {
-    HeldForReview: (202, "pending_review"),
     errors.Unauthorized: (401, "authentication_error"),
     errors.Forbidden: (403, "permission_error"),
     errors.AgentNotAllowed: (403, "permission_error"),
@@ -44,6 +35,9 @@ STATUS: dict[type[errors.SwitchboardError], tuple[int, str]] = {
 }
 
 
+PENDING_REVIEW = (202, "pending_review")  # (status, type): the same Idempotency-Key asks again later
+
+
 def http_status(exc: errors.SwitchboardError) -> tuple[int, str]:
     return next(STATUS[cls] for cls in type(exc).__mro__ if cls in STATUS)
 
@@ -51,24 +45,31 @@ def http_status(exc: errors.SwitchboardError) -> tuple[int, str]:
 def error_body(exc: errors.SwitchboardError, *, param: str | None = None, **extra) -> tuple[int, dict, dict]:
     """(status, body, headers) of an error; `extra` joins the error object (e.g. `review_id`)."""
     status, kind = http_status(exc)
-    error = {"message": exc.message, "type": kind, "code": exc.code, "param": param, **extra}
-    return status, {"error": error}, {"x-should-retry": "true" if exc.retryable else "false"}
+    return _response(status, kind, exc.code, exc.message, exc.retryable, param=param, **extra)
+
+
+def _response(
+    status: int, kind: str, code: str, message: str, retryable: bool, *, param: str | None = None, **extra
+) -> tuple[int, dict, dict]:
+    error = {"message": message, "type": kind, "code": code, "param": param, **extra}
+    return status, {"error": error}, {"x-should-retry": "true" if retryable else "false"}
 
 
 def refusal(result: InvokeResult) -> tuple[int, dict, dict] | None:
     """The error response of a result that is not an answer; None for success and fallback."""
     if result.status in (Status.SUCCESS, Status.FALLBACK):
         return None
-    if result.status is Status.PENDING_REVIEW:
-        exc: errors.SwitchboardError = HeldForReview(
-            f"held for human review {result.review_id}; repeat the request with the same "
-            "Idempotency-Key for the decision"
-        )
-    elif result.error is None:  # a refusal always carries its reason; an old gateway might not
-        exc = errors.SwitchboardError(f"invocation ended {result.status.value}")
-    else:
-        exc = errors.from_wire(result.error)
     extra = {"invocation_id": result.invocation_id}
     if result.review_id:
         extra["review_id"] = result.review_id
+    if result.status is Status.PENDING_REVIEW:  # not a failure: accepted, and held for a reviewer
+        message = (
+            f"held for human review {result.review_id}; repeat the request with the same "
+            "Idempotency-Key for the decision"
+        )
+        return _response(*PENDING_REVIEW, "pending_review", message, False, **extra)
+    if result.error is None:  # a refusal always carries its reason; an old gateway might not
+        exc = errors.SwitchboardError(f"invocation ended {result.status.value}")
+    else:
+        exc = errors.from_wire(result.error)
     return error_body(exc, **extra)

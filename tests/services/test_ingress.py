@@ -6,6 +6,7 @@ keys are checked."""
 from __future__ import annotations
 
 import signal
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -31,6 +32,7 @@ from tests.support.helpers import (
 from tests.support.hitl import REFUND, add_reviewer, api
 from tests.support.ingress import client, issue_key
 from tests.support.stack import operator_connect, wait_for
+from tests.support.tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.timeout(90)
 WF = "support-triage"
@@ -353,3 +355,32 @@ async def _key_rows(stack) -> list[dict]:
         return [dict(r) for r in await conn.fetch("select * from ingress_keys where env = $1", stack.env)]
     finally:
         await conn.close()
+
+
+async def test_keys_unreadable_during_a_database_outage_are_503_and_it_recovers(stack, infra, clients):
+    parts = urlsplit(infra.database_url)
+    proxy = await TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432).start()
+    host_port = parts.netloc.rsplit("@", 1)[-1]
+    proxied = urlunsplit(parts._replace(netloc=parts.netloc.replace(host_port, f"127.0.0.1:{proxy.port}")))
+    try:
+        await stack.start("router", "budget", "gateway")
+        await stack.start(ingress={"database_url": proxied, "key_cache_s": 0})  # every request reads
+        oa = clients(port(stack), await issue_key(stack, "triage-bot"))
+        assert (await oa.chat.completions.create(model=WF, messages=HELLO)).choices
+
+        await proxy.cut()
+        status, error, headers = await _error(oa)
+        assert (status, error["type"], error["code"]) == (503, "service_unavailable", "unavailable")
+        assert headers["x-should-retry"] == "true"
+
+        await proxy.start()
+
+        async def answers() -> bool:
+            try:
+                return bool((await oa.chat.completions.create(model=WF, messages=HELLO)).choices)
+            except openai.APIStatusError:
+                return False
+
+        await wait_for(answers, timeout=20, message="keys readable again")
+    finally:
+        await proxy.cut()

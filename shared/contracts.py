@@ -202,6 +202,9 @@ class ReserveRequest(Strict):
     estimated_prompt_tokens: int = Field(ge=0, le=1_000_000_000)
     max_tokens: int | None = Field(default=None, gt=0, le=1_000_000_000)
     model: str | None = None
+    # One run of the invocation by a gateway (a try): a retry's try takes over the hold of an
+    # earlier one, whose late settle then changes nothing. None: any settle of the id applies.
+    hold_token: str | None = Field(default=None, max_length=64)
 
 
 class BudgetScope(StrEnum):
@@ -238,6 +241,7 @@ class SettleRequest(Strict):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     model: str | None = None
+    hold_token: str | None = Field(default=None, max_length=64)  # the try's, as reserved
 
 
 class SettleReply(Open):

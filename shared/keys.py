@@ -16,7 +16,7 @@ def idempotency(env: str, invocation_id: str) -> str:
     return f"sb:{env}:idem:{invocation_id}"
 
 
-LEDGER_PARTS = ("window", "reserved", "amounts", "totals")
+LEDGER_PARTS = ("window", "reserved", "amounts", "totals", "holders")
 
 
 def budget_session(env: str, workflow: str, session_id: str) -> tuple[str, ...]:

@@ -59,15 +59,16 @@ class LedgerStore:
     """The budget scripts on one Redis client."""
 
     def __init__(self, redis: aioredis.Redis) -> None:
-        self._reserve = redis.register_script(_script("reserve_v1"))
-        self._settle = redis.register_script(_script("settle_v1"))
+        self._reserve = redis.register_script(_script("reserve_v2"))
+        self._settle = redis.register_script(_script("settle_v2"))
         self._usage = redis.register_script(_script("usage_v1"))
 
     async def reserve(
-        self, invocation_id: str, ttl_ms: int, debits: Sequence[tuple[Ledger, int]]
+        self, invocation_id: str, ttl_ms: int, debits: Sequence[tuple[Ledger, int]], token: str = ""
     ) -> Refusal | None:
-        """Hold every amount or none; None when all are held (or were already, for this id)."""
-        args: list = [invocation_id, ttl_ms]
+        """Hold every amount or none, for the try `token`; None when all are held (or were already
+        for this id: an earlier try's hold is then taken over by this one, not charged again)."""
+        args: list = [invocation_id, ttl_ms, token]
         for ledger, amount in debits:
             args += [amount, ledger.limit, ledger.window_ms, int(ledger.aligned)]
         out = await self._run("reserve", self._reserve, _keys(debits), args)
@@ -77,10 +78,12 @@ class LedgerStore:
         ledger, amount = debits[i]
         return Refusal(ledger, amount, Balance(used=out[1 + 2 * i], reserved=out[2 + 2 * i]))
 
-    async def settle(self, invocation_id: str, ttl_ms: int, credits: Sequence[tuple[Ledger, int]]) -> int:
-        """Replace held reservations by the actual amount; 0 when none was held (a duplicate, or
-        a settle that came after `ttl_ms`)."""
-        args: list = [invocation_id, ttl_ms]
+    async def settle(
+        self, invocation_id: str, ttl_ms: int, credits: Sequence[tuple[Ledger, int]], token: str = ""
+    ) -> int:
+        """Replace the reservations the try `token` holds by the actual amount; 0 when none was
+        held (a duplicate, a settle that came after `ttl_ms`, or one whose hold a retry took over)."""
+        args: list = [invocation_id, ttl_ms, token]
         for ledger, actual in credits:
             args += [actual, ledger.window_ms, int(ledger.aligned)]
         return await self._run("settle", self._settle, _keys(credits), args)

@@ -88,7 +88,10 @@ class BudgetService(Service):
         cost, priciest = pricing.worst_case(policy, workflow, estimate, max_tokens)
         amounts = limits.amounts(worst, cost)
         refusal = await self.store.reserve(
-            req.invocation_id, budget.reservation_ttl_s * 1000, [(x, amounts[x.scope]) for x in ledgers]
+            req.invocation_id,
+            budget.reservation_ttl_s * 1000,
+            [(x, amounts[x.scope]) for x in ledgers],
+            token=req.hold_token or "",
         )
         if refusal is not None:
             breach = limits.breach(
@@ -119,7 +122,10 @@ class BudgetService(Service):
         amounts = limits.amounts(used, cost)
         try:
             settled = await self.store.settle(
-                req.invocation_id, budget.reservation_ttl_s * 1000, [(x, amounts[x.scope]) for x in ledgers]
+                req.invocation_id,
+                budget.reservation_ttl_s * 1000,
+                [(x, amounts[x.scope]) for x in ledgers],
+                token=req.hold_token or "",
             )
         except errors.BudgetUnavailable as exc:
             log.warning(
@@ -127,9 +133,10 @@ class BudgetService(Service):
                 extra={"invocation_id": req.invocation_id, "workflow": req.workflow, "error": exc.message},
             )
             raise
-        if not settled:
+        if not settled and req.hold_token:  # a try's own settle (not a replay's repeat) found nothing
             log.warning(
-                "settle ignored: no reservation held (a repeat, or later than reservation_ttl_s)",
+                "settle ignored: no reservation held by this try"
+                " (a repeat, later than reservation_ttl_s, or taken over by a retry)",
                 extra={"invocation_id": req.invocation_id, "workflow": req.workflow},
             )
         return SettleReply(settled=settled)

@@ -103,6 +103,7 @@ class Invocation:
             {"switchboard.invocation_id": req.invocation_id, "switchboard.workflow": req.workflow}
         )
         self.reservation: Reservation | None = None
+        self.hold_token = uuid.uuid4().hex  # this try's: a retry's takes the reservation over
         self.estimate = 0
         self.result: InvokeResult | None = None
         self.done = False  # a step answered for good: the rest do not run
@@ -164,7 +165,8 @@ class Invocation:
     async def settle_replayed(self, stored: InvokeResult) -> None:
         """Settle again what a stored answer used: a no-op at the budget (a settle applies only to
         a reservation still held) unless the try that stored it died before its own settle was
-        sent."""
+        sent. Sent without a try's token: the answer is final, so whatever still holds the id's
+        reservation is the try that produced it (or one that ran beside it)."""
         answered = stored.status in (Status.SUCCESS, Status.FALLBACK) or (
             stored.error is not None and stored.error.code == errors.StreamInterrupted.code
         )  # an interrupted stream used tokens too
@@ -595,6 +597,7 @@ class Invocation:
                     agent=req.agent,
                     estimated_prompt_tokens=self.estimate,
                     max_tokens=req.max_tokens,
+                    hold_token=self.hold_token,
                 ),
                 Reservation,
                 timeout=self.gw.settings.control_timeout_s,
@@ -659,6 +662,7 @@ class Invocation:
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,
             model=model,
+            hold_token=self.hold_token,
         )
         await self.gw.settler.send(settle, self.workflow.budget.reservation_ttl_s)
 

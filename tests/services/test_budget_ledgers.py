@@ -114,8 +114,8 @@ async def test_an_aligned_ledger_keeps_no_entry_per_settled_invocation(store, re
         await store.settle(f"inv-{i}", HOUR_MS, [(ledger, 40)])
 
     assert await store.balance(ledger) == Balance(used=120, reserved=0, in_flight=0)
-    window, reserved, amounts, _ = ledger.keys
-    assert await redis.exists(window, reserved, amounts) == 0
+    window, reserved, amounts, _, holders = ledger.keys
+    assert await redis.exists(window, reserved, amounts, holders) == 0
 
 
 async def test_every_key_written_has_a_ttl(store, redis, env_name):
@@ -147,3 +147,31 @@ async def test_concurrent_reserves_from_two_clients_never_pass_the_limit(store, 
 
 async def _is(balance, expected: Balance) -> bool:
     return await balance == expected
+
+
+async def test_a_failed_tries_release_after_its_retry_reserved_leaves_the_retrys_hold(store, env_name):
+    """Try A of an invocation fails and releases its hold; its retry B (same id) reserved first."""
+    tokens, dollars = session(env_name, 1000), spend(env_name, 1000)
+    both = [(tokens, 100), (dollars, 50)]
+    assert await store.reserve("inv", HOUR_MS, both, token="try-a") is None
+    assert await store.reserve("inv", HOUR_MS, both, token="try-b") is None  # takes A's hold over
+
+    assert await store.settle("inv", HOUR_MS, [(tokens, 0), (dollars, 0)], token="try-a") == 0
+    assert await store.balance(tokens) == Balance(used=0, reserved=100, in_flight=1)
+    assert await store.settle("inv", HOUR_MS, [(tokens, 30), (dollars, 7)], token="try-b") == 2
+    assert await store.balance(tokens) == Balance(used=30, reserved=0, in_flight=0)
+    assert await store.balance(dollars) == Balance(used=7, reserved=0, in_flight=0)
+
+
+async def test_a_retry_after_a_release_holds_and_is_charged_again(store, env_name):
+    """Try A released its hold before its retry B reserved: B holds anew and its settle counts."""
+    tokens, dollars = session(env_name, 1000), spend(env_name, 1000)
+    both = [(tokens, 100), (dollars, 50)]
+    assert await store.reserve("inv", HOUR_MS, both, token="try-a") is None
+    assert await store.settle("inv", HOUR_MS, [(tokens, 0), (dollars, 0)], token="try-a") == 2
+
+    assert await store.reserve("inv", HOUR_MS, both, token="try-b") is None
+    assert await store.balance(tokens) == Balance(used=0, reserved=100, in_flight=1)
+    assert await store.settle("inv", HOUR_MS, [(tokens, 30), (dollars, 7)], token="try-b") == 2
+    assert await store.balance(tokens) == Balance(used=30, reserved=0, in_flight=0)
+    assert await store.balance(dollars) == Balance(used=7, reserved=0, in_flight=0)

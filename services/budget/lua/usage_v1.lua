@@ -1,7 +1,7 @@
 -- usage_v1: one ledger's figures now, without changing it (what has expired or aged out is
 -- left for the next reserve or settle to remove, and not counted here).
 --
--- KEYS: the ledger's four keys (see ledger.lua)
+-- KEYS: the ledger's five keys (see ledger.lua)
 -- ARGV[1]: window_ms
 -- ARGV[2]: aligned ('1' or '0')
 -- Returns {used, reserved, in_flight}: amounts settled in the window, amounts reserved and not

@@ -19,12 +19,14 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from shared import redis_version
 from shared.bus import Bus
 from shared.live_config import LiveConfig
 from shared.ops_http import OpsServer
 from shared.settings import Settings
 from shared.telemetry.logs import setup_logging
 from shared.telemetry.tracing import setup_tracing
+from switchboard_sdk import errors
 
 log = logging.getLogger("switchboard.service")
 
@@ -79,6 +81,7 @@ class Service:
                 )
                 self.redis = aioredis.Redis.from_pool(pool)
                 stack.push_async_callback(self.redis.aclose)
+                await redis_version.require_supported(self.redis)
             if self.uses_database:
                 self.db = await asyncpg.create_pool(
                     s.database_url, min_size=1, max_size=8, timeout=5.0, **s.database_options()
@@ -168,7 +171,11 @@ class Service:
             uvloop.install()
         except ImportError:
             pass
-        asyncio.run(cls(settings)._serve_forever())
+        try:
+            asyncio.run(cls(settings)._serve_forever())
+        except errors.SwitchboardError as exc:  # refused to start (a dependency): one coded line
+            log.critical("cannot start", extra={"code": exc.code, "error": exc.message})
+            raise SystemExit(1) from None
 
     async def _serve_forever(self) -> None:
         stop = asyncio.Event()

@@ -178,6 +178,12 @@ class Refused(SwitchboardError):
     code = "refused"
 
 
+class UnsupportedDependency(SwitchboardError):
+    """A dependency runs a version Switchboard cannot work with (Redis older than 7.0)."""
+
+    code = "unsupported_dependency"
+
+
 class Timeout(SwitchboardError):
     code = "timeout"
     retryable = True

@@ -8,8 +8,14 @@ is reserved or routed. The finished reply replaces the in-flight marker *before*
 a gateway killed after answering leaves a stored reply, never an id that a retry would run
 again. The in-flight marker is a lease (`leases.py`): kept alive while this gateway works on
 the id, lapsing within `claim_ttl_s` once it dies, so that a retry of a call a dead gateway
-held runs again seconds later. When Redis is unreachable the invocation still runs: losing
-de-duplication is better than refusing every call.
+held runs again seconds later.
+
+When Redis does not take the claim (down, refusing writes), the invocation still runs without
+de-duplication: a retry of it may run again. That degradation is explicit: a warning naming the
+invocation and `switchboard_idempotency_unavailable_total{operation="claim"}`; a reply that cannot
+be stored counts under `operation="store"` (docs/degradation.md). A workflow that must not run
+unmetered is `budget.on_unavailable: fail_closed`, and is then refused by the budget, which
+needs the same Redis.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from redis.exceptions import RedisError
 from services.gateway.leases import Leases
 from shared import keys
 from shared.contracts import InvokeRequest
+from shared.telemetry import metrics
 from switchboard_sdk import errors
 
 log = logging.getLogger("switchboard.gateway")
@@ -60,8 +67,10 @@ class Idempotency:
         try:
             stored = await self.redis.set(key, digest, nx=True, get=True, px=self.leases.ttl_ms)
         except RedisError as exc:
+            metrics.IDEMPOTENCY_UNAVAILABLE.labels("claim").inc()
             log.warning(
-                "idempotency unavailable", extra={"error": repr(exc), "invocation_id": req.invocation_id}
+                "idempotency unavailable: running without de-duplication",
+                extra={"error": repr(exc), "invocation_id": req.invocation_id},
             )
             return None
         if stored is None:
@@ -84,7 +93,10 @@ class Idempotency:
         try:
             await self.redis.set(key, digest + reply, ex=RESULT_TTL_S)
         except RedisError as exc:
-            log.warning("reply not stored", extra={"error": repr(exc), "invocation_id": invocation_id})
+            metrics.IDEMPOTENCY_UNAVAILABLE.labels("store").inc()
+            log.warning(
+                "reply not stored for retries", extra={"error": repr(exc), "invocation_id": invocation_id}
+            )
 
     async def forget(self, invocation_id: str) -> None:
         """Drop the marker of a call that failed before doing anything, so it may be retried."""

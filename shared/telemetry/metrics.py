@@ -70,6 +70,12 @@ BUDGET_STORE_ERRORS = Counter(
     "Budget operations (reserve, settle, show) that could not reach Redis.",
     ["operation"],
 )
+IDEMPOTENCY_UNAVAILABLE = Counter(
+    "switchboard_idempotency_unavailable_total",
+    "Invocations the gateway ran without de-duplication because Redis did not take the claim of "
+    "their id (operation=claim), or whose reply it could not store for retries (operation=store).",
+    ["operation"],
+)
 RATE_LIMIT_EVENTS = Counter(
     "switchboard_rate_limit_events_total",
     "Rate-limit events: provider 429s and local quota skips.",

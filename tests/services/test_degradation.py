@@ -11,6 +11,7 @@ import pytest
 from shared import migrate
 from shared.contracts import Status
 from tests.support.audit import recorded_events
+from tests.support.helpers import sample
 from tests.support.servers import PostgresServer, RedisServer
 from tests.support.stack import Stack, copy_policy, wait_for
 
@@ -128,6 +129,29 @@ async def test_redis_down_fail_closed_refuses_and_allow_proceeds_on_policy_alone
         lambda: _succeeds(sb, CLOSED), timeout=30, interval=0.5, message="fail_closed to serve again"
     )
     assert again.status is Status.SUCCESS
+
+
+async def test_redis_down_runs_an_allow_workflow_without_de_duplication_and_counts_it(own_redis, own_stack):
+    redis = own_redis
+    stack = own_stack(redis_url=redis.url)
+    await stack.start()
+    sb = await stack.client()
+    await redis.stop(signal.SIGKILL)
+    claims = sample("switchboard_idempotency_unavailable_total", operation="claim")
+    stores = sample("switchboard_idempotency_unavailable_total", operation="store")
+    before = await _calls(stack)
+    try:
+        first, again = [
+            await sb.invoke(ALLOW, "no claim", session_id="s-1", invocation_id="undeduplicated", timeout=20)
+            for _ in range(2)
+        ]
+    finally:
+        await redis.start()
+
+    assert (first.status, again.status) == (Status.SUCCESS, Status.SUCCESS)
+    assert await _calls(stack) == before + 2  # the retry ran again: nothing de-duplicated it
+    assert sample("switchboard_idempotency_unavailable_total", operation="claim") == claims + 2
+    assert sample("switchboard_idempotency_unavailable_total", operation="store") == stores
 
 
 async def _succeeds(sb, workflow):

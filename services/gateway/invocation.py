@@ -170,19 +170,9 @@ class Invocation:
         answered = stored.status in (Status.SUCCESS, Status.FALLBACK) or (
             stored.error is not None and stored.error.code == errors.StreamInterrupted.code
         )  # an interrupted stream used tokens too
-        if not answered or not (stored.usage.prompt_tokens or stored.usage.completion_tokens):
-            return
-        req = self.req
-        settle = SettleRequest(
-            invocation_id=req.invocation_id,
-            workflow=req.workflow,
-            session_id=req.session_id,
-            agent=req.agent,
-            prompt_tokens=stored.usage.prompt_tokens,
-            completion_tokens=stored.usage.completion_tokens,
-            model=stored.model,
-        )
-        await self.gw.settler.send(settle, self.workflow.budget.reservation_ttl_s)
+        usage = stored.usage
+        if answered and (usage.prompt_tokens or usage.completion_tokens):
+            await self._send_settle(usage, stored.model, hold_token=None)
 
     def _answer(self, result: InvokeResult) -> None:
         self.result, self.done = result, True
@@ -652,17 +642,24 @@ class Invocation:
         reservation, self.reservation = self.reservation, None
         if reservation is None or not reservation.reserved_tokens:
             return
+        await self._send_settle(
+            usage or Usage(), model, hold_token=self.hold_token, reserved_tokens=reservation.reserved_tokens
+        )
+
+    async def _send_settle(
+        self, usage: Usage, model: str | None, *, hold_token: str | None, reserved_tokens: int = 0
+    ) -> None:
         req = self.req
         settle = SettleRequest(
             invocation_id=req.invocation_id,
             workflow=req.workflow,
             session_id=req.session_id,
             agent=req.agent,
-            reserved_tokens=reservation.reserved_tokens,
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
+            reserved_tokens=reserved_tokens,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
             model=model,
-            hold_token=self.hold_token,
+            hold_token=hold_token,
         )
         await self.gw.settler.send(settle, self.workflow.budget.reservation_ttl_s)
 

@@ -2,19 +2,28 @@
 
     async with Client() as sb:
         result = await sb.invoke("support-triage", "Summarise this ticket", session_id="s-1")
+        async with sb.stream("support-triage", "Draft a reply") as stream:
+            async for chunk in stream:
+                print(chunk.delta, end="")
 
 `SyncClient` offers the same for code without an event loop.
 """
 
 from switchboard_sdk._client import Client
-from switchboard_sdk._sync import SyncClient
-from switchboard_sdk.contracts import Attempt, InvokeResult, Status, Usage
-from switchboard_sdk.errors import ControlPlaneUnavailable, SwitchboardError
+from switchboard_sdk._stream import Stream
+from switchboard_sdk._sync import SyncClient, SyncStream
+from switchboard_sdk.contracts import Attempt, InvokeResult, Status, StreamChunk, StreamInfo, Usage
+from switchboard_sdk.errors import ControlPlaneUnavailable, StreamInterrupted, SwitchboardError
 
 __all__ = [
     # clients
     "Client",
     "SyncClient",
+    # streams
+    "Stream",
+    "StreamChunk",
+    "StreamInfo",
+    "SyncStream",
     # results
     "Attempt",
     "InvokeResult",
@@ -22,5 +31,6 @@ __all__ = [
     "Usage",
     # errors
     "ControlPlaneUnavailable",
+    "StreamInterrupted",
     "SwitchboardError",
 ]

@@ -18,6 +18,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from switchboard_sdk import _direct, _tracing, codec, errors, names, nats_auth
 from switchboard_sdk._journal import Journal
+from switchboard_sdk._stream import Stream
 from switchboard_sdk.contracts import (
     Degradation,
     DegradationPlan,
@@ -218,7 +219,47 @@ class Client:
         gateway can be reached and the workflow is `fail_closed`. A `passthrough` result has
         `enforced` False.
         """
-        request = InvokeRequest(
+        request = self._request(
+            workflow, messages, invocation_id, session_id, agent, max_tokens, metadata, params
+        )
+        if wait_for_review is None:
+            return await self.send(request, timeout=timeout)
+        async with self._results(request.invocation_id) as final:
+            result = await self.send(request, timeout=timeout)
+            return await final(result, wait_for_review)
+
+    def stream(
+        self,
+        workflow: str,
+        messages: MessagesIn,
+        *,
+        session_id: str | None = None,
+        max_tokens: int | None = None,
+        metadata: dict | None = None,
+        timeout: float | None = None,
+        invocation_id: str | None = None,
+        agent: str | None = None,
+        **params,
+    ) -> Stream:
+        """One invocation whose answer streams: sent when iterated, chunks in order, then its
+        final result (`usage`, `status`) in `stream.result`::
+
+            async with sb.stream("support-triage", "Summarise this ticket") as stream:
+                async for chunk in stream:
+                    print(chunk.delta, end="")
+            print(stream.result.usage)
+
+        Raises `StreamInterrupted` while iterating if the answer breaks after its first chunk
+        (never a clean end), and `ControlPlaneUnavailable` as `invoke` does. `timeout` bounds the
+        wait for each message (the first chunk, then each next one). See `Stream`.
+        """
+        request = self._request(
+            workflow, messages, invocation_id, session_id, agent, max_tokens, metadata, params
+        )
+        return Stream(self, request.model_copy(update={"stream": True}), timeout or self.default_timeout)
+
+    def _request(self, workflow, messages, invocation_id, session_id, agent, max_tokens, metadata, params):
+        return InvokeRequest(
             invocation_id=invocation_id or uuid.uuid4().hex,
             workflow=workflow,
             session_id=session_id,
@@ -228,11 +269,6 @@ class Client:
             metadata=metadata or {},
             **params,
         )
-        if wait_for_review is None:
-            return await self.send(request, timeout=timeout)
-        async with self._results(request.invocation_id) as final:
-            result = await self.send(request, timeout=timeout)
-            return await final(result, wait_for_review)
 
     async def result(self, invocation_id: str, *, wait: float | None = None) -> InvokeResult:
         """The final result of an invocation held for review, or its pending state (waiting up to
@@ -304,10 +340,15 @@ class Client:
                     f"no answer from the gateway within {timeout:g}s"
                 ) from exc
         result = codec.decode(msg.data, InvokeResult)
-        self._learn_later(request.workflow, result.config_version)
+        self._answered(request.workflow, result)
+        return result
+
+    def _answered(self, workflow: str, result: InvokeResult) -> None:
+        """A gateway answered: the plane is up (learn the mode of a new policy version, upload
+        what passthrough calls left on disk)."""
+        self._learn_later(workflow, result.config_version)
         if self._unsent and not self._uploading.locked():
             self._spawn(self._upload())
-        return result
 
     # --- degradation ------------------------------------------------------------------
 

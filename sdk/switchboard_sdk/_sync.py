@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterator
 
 from switchboard_sdk._client import Client, MessagesIn
-from switchboard_sdk.contracts import InvokeResult
+from switchboard_sdk._stream import Stream
+from switchboard_sdk.contracts import InvokeResult, StreamChunk
+
+_END = object()
 
 
 class SyncClient:
@@ -24,6 +28,10 @@ class SyncClient:
     def invoke(self, workflow: str, messages: MessagesIn, **kwargs) -> InvokeResult:
         return self._run(self._client.invoke(workflow, messages, **kwargs))
 
+    def stream(self, workflow: str, messages: MessagesIn, **kwargs) -> SyncStream:
+        """`Client.stream`, iterated without an event loop: `for chunk in sb.stream(...)`."""
+        return SyncStream(self._run, self._client.stream(workflow, messages, **kwargs))
+
     def close(self) -> None:
         if self._loop.is_running():
             self._run(self._client.close())
@@ -32,6 +40,40 @@ class SyncClient:
             self._loop.close()
 
     def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class SyncStream:
+    """A `Stream` read from blocking code; `result` is the final result once iteration ends, and
+    iteration raises `StreamInterrupted` as the async one does."""
+
+    def __init__(self, run, stream: Stream) -> None:
+        self._run = run
+        self._stream = stream
+
+    @property
+    def result(self) -> InvokeResult | None:
+        return self._stream.result
+
+    def __iter__(self) -> Iterator[StreamChunk]:
+        chunks = aiter(self._stream)
+
+        async def next_chunk():
+            return await anext(chunks, _END)
+
+        try:
+            while (chunk := self._run(next_chunk())) is not _END:
+                yield chunk
+        finally:
+            self._run(chunks.aclose())
+
+    def close(self) -> None:
+        self._run(self._stream.aclose())
+
+    def __enter__(self) -> SyncStream:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -1,15 +1,17 @@
-"""Streamed invocations over NATS, against real services and the simulator over HTTP: chunks
-reach the requester's own inbox in order and end with the final result; a failure before the
-first chunk falls back; a break after it ends in `stream_interrupted` (audit row, partial usage in
-the ledger), never a clean end; the completion cap cuts a stream; a workflow whose output is
-reviewed does not stream; a retry replays the final result."""
+"""Streamed invocations through the SDK over NATS, against real services and the simulator over
+HTTP: chunks reach the requester's own inbox in order and end with the final result; a failure
+before the first chunk falls back; a break after it raises `StreamInterrupted` (audit row,
+partial usage in the ledger), never a clean end; the completion cap cuts a stream; a workflow
+whose output is reviewed does not stream; a retry replays the final result; the blocking client
+streams too."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import nats
-import orjson
+import pytest
 
 from services.simulator.completions import prompt_tokens
 from shared import codec, names, tokens
@@ -17,12 +19,12 @@ from shared.contracts import (
     AttemptOutcome,
     BudgetShowReply,
     BudgetShowRequest,
-    InvokeRequest,
     InvokeResult,
     Message,
     Status,
     StreamChunk,
 )
+from switchboard_sdk import StreamInterrupted, SyncClient
 from tests.support.audit import invocation_rows
 from tests.support.fallback import PRIMARY, SECONDARY, sim_count, wait_events
 from tests.support.helpers import sample
@@ -31,33 +33,18 @@ from tests.support.stack import wait_for
 WF = "support-triage"
 
 
-def request(prompt: str, **fields) -> InvokeRequest:
-    return InvokeRequest(
-        invocation_id=uuid.uuid4().hex,
-        workflow=fields.pop("workflow", WF),
-        session_id=fields.pop("session_id", f"s-{uuid.uuid4().hex[:8]}"),
-        messages=[Message(role="user", content=prompt)],
-        stream=True,
-        **fields,
-    )
+def session() -> str:
+    return f"s-{uuid.uuid4().hex[:8]}"
 
 
-async def stream(stack, req: InvokeRequest) -> tuple[list[StreamChunk], InvokeResult]:
-    """Send a streamed invocation from a connection of its own; (chunks, final result). Its inbox
-    is under a user's name, as every authenticated client's is."""
-    nc = await nats.connect(stack.infra.nats_url, inbox_prefix="_INBOX.tests", **stack.infra.nats_options)
-    try:
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox)
-        await nc.publish(names.invoke(stack.env, req.workflow), codec.encode(req), reply=inbox)
-        chunks = []
-        while True:
-            msg = await sub.next_msg(timeout=20)
-            if "status" in orjson.loads(msg.data):
-                return chunks, codec.decode(msg.data, InvokeResult)
-            chunks.append(codec.decode(msg.data, StreamChunk))
-    finally:
-        await nc.close()
+async def stream(stack, prompt: str, **kwargs) -> tuple[list[StreamChunk], InvokeResult]:
+    """A streamed invocation through the SDK, read to its end: (chunks, final result)."""
+    sb = await stack.client()
+    chunks = []
+    async with sb.stream(kwargs.pop("workflow", WF), prompt, **kwargs) as s:
+        async for chunk in s:
+            chunks.append(chunk)
+    return chunks, s.result
 
 
 async def ledger(stack, session_id: str) -> BudgetShowReply:
@@ -88,12 +75,12 @@ def texts(chunks: list[StreamChunk]) -> str:
 
 async def test_chunks_arrive_in_order_and_end_with_the_final_result(running):
     before = streams_metric("complete")
-    req = request("stream me a reply")
+    sid = session()
 
-    chunks, final = await stream(running, req)
+    chunks, final = await stream(running, "stream me a reply", session_id=sid)
 
     assert [c.seq for c in chunks] == list(range(len(chunks)))
-    assert {c.invocation_id for c in chunks} == {req.invocation_id}
+    assert {c.invocation_id for c in chunks} == {final.invocation_id}
     assert final.status is Status.SUCCESS, final
     assert (final.provider, final.model) == PRIMARY
     assert texts(chunks) == final.output and final.output.startswith("[openai-sim/gpt-sim-large] ")
@@ -104,22 +91,21 @@ async def test_chunks_arrive_in_order_and_end_with_the_final_result(running):
     assert 0 < final.stream.first_chunk_ms <= final.latency_ms
     assert await sim_count(running, *PRIMARY) == 1
 
-    [row] = await wait_events(running, "invocation", 1, invocation_id=req.invocation_id)
+    [row] = await wait_events(running, "invocation", 1, invocation_id=final.invocation_id)
     assert row["status"] == "success"
     assert row["stream"] == {
         "chunks": len(chunks),
         "first_chunk_ms": final.stream.first_chunk_ms,
         "end": "complete",
     }
-    await settled(running, req.session_id, final.usage.prompt_tokens + final.usage.completion_tokens)
+    await settled(running, sid, final.usage.prompt_tokens + final.usage.completion_tokens)
     assert streams_metric("complete") == before + 1
 
 
 async def test_a_failure_before_the_first_chunk_falls_back(running):
     await running.sim.control.add_fault("break", provider=PRIMARY[0], after_chunks=0, count=1)
-    req = request("fall back before anything is sent")
 
-    chunks, final = await stream(running, req)
+    chunks, final = await stream(running, "fall back before anything is sent")
 
     assert final.status is Status.FALLBACK, final
     assert [(a.provider, a.outcome) for a in final.attempts] == [
@@ -128,54 +114,59 @@ async def test_a_failure_before_the_first_chunk_falls_back(running):
     ]
     assert texts(chunks) == final.output and final.output.startswith("[anthropic-sim/claude-sim-sonnet] ")
     assert (await sim_count(running, *PRIMARY), await sim_count(running, *SECONDARY)) == (1, 1)
-    [fallback] = await wait_events(running, "fallback", 1, invocation_id=req.invocation_id)
+    [fallback] = await wait_events(running, "fallback", 1, invocation_id=final.invocation_id)
     assert (fallback["from_provider"], fallback["to_provider"]) == (PRIMARY[0], SECONDARY[0])
 
 
-async def test_a_break_after_the_fifth_chunk_ends_in_an_error_with_partial_usage_settled(running):
+async def test_a_break_after_the_fifth_chunk_raises_and_settles_the_partial_usage(running):
     before = streams_metric("interrupted")
     await running.sim.control.add_fault("break", provider=PRIMARY[0], after_chunks=5, count=1)
-    req = request("break this stream half-way")
+    sid, prompt = session(), "break this stream half-way"
+    sb = await running.client()
+    chunks = []
 
-    chunks, final = await stream(running, req)
+    with pytest.raises(StreamInterrupted) as caught:
+        async with sb.stream(WF, prompt, session_id=sid) as s:
+            async for chunk in s:
+                chunks.append(chunk)
 
     assert [c.seq for c in chunks] == [0, 1, 2, 3, 4]
-    assert final.status is Status.ERROR, final
-    assert final.error.code == "stream_interrupted"
-    assert "after 5 chunks" in final.error.message
+    assert "after 5 chunks" in caught.value.message
+    final = s.result
+    assert final.status is Status.ERROR and final.error.code == "stream_interrupted"
     assert final.output == texts(chunks)  # what the agent has, and no more
-    estimate = tokens.estimate(req.messages)  # the provider never said: the gateway's estimate
+    estimate = tokens.estimate([Message(role="user", content=prompt)])  # the provider never said
     assert (final.usage.prompt_tokens, final.usage.completion_tokens) == (estimate, 5)
     assert final.stream.end == "interrupted" and final.stream.chunks == 5
     assert [a.outcome for a in final.attempts] == [AttemptOutcome.CONNECTION_ERROR]
     assert (await sim_count(running, *PRIMARY), await sim_count(running, *SECONDARY)) == (1, 0)
 
-    await wait_events(running, "invocation", 1, invocation_id=req.invocation_id)
-    [row] = await invocation_rows(running, req.invocation_id)
+    await wait_events(running, "invocation", 1, invocation_id=s.invocation_id)
+    [row] = await invocation_rows(running, s.invocation_id)
     assert (row["status"], row["error_code"]) == ("error", "stream_interrupted")
     assert (row["prompt_tokens"], row["completion_tokens"]) == (estimate, 5)
-    await settled(running, req.session_id, estimate + 5)
+    await settled(running, sid, estimate + 5)
     assert streams_metric("interrupted") == before + 1
 
 
 async def test_the_completion_cap_cuts_a_stream_and_is_recorded(running):
     await running.sim.control.add_fault("overrun", provider=PRIMARY[0], count=1)  # ignores max_tokens
-    req = request("a provider that does not stop", max_tokens=3)
+    sid = session()
 
-    chunks, final = await stream(running, req)
+    chunks, final = await stream(running, "a provider that does not stop", max_tokens=3, session_id=sid)
 
     assert len(chunks) == 3
     assert final.status is Status.SUCCESS, final
     assert (final.finish_reason, final.stream.end, final.usage.completion_tokens) == ("length", "cap", 3)
-    [row] = await wait_events(running, "invocation", 1, invocation_id=req.invocation_id)
+    [row] = await wait_events(running, "invocation", 1, invocation_id=final.invocation_id)
     assert row["stream"]["end"] == "cap" and row["completion_tokens"] == 3
-    await settled(running, req.session_id, final.usage.prompt_tokens + 3)
+    await settled(running, sid, final.usage.prompt_tokens + 3)
 
 
 async def test_a_workflow_whose_output_is_reviewed_does_not_stream(running):
-    req = request("draft a refund letter", workflow="refunds", metadata={"channel": "email"})
-
-    chunks, final = await stream(running, req)
+    chunks, final = await stream(
+        running, "draft a refund letter", workflow="refunds", metadata={"channel": "email"}
+    )
 
     assert chunks == []
     assert final.status is Status.ERROR
@@ -184,12 +175,33 @@ async def test_a_workflow_whose_output_is_reviewed_does_not_stream(running):
     assert (await running.sim.control.stats())["total"] == 0
 
 
-async def test_a_retry_of_a_finished_stream_replays_its_final_result_only(running):
-    req = request("stream once, ask twice")
-    chunks, first = await stream(running, req)
+async def test_a_retry_of_a_finished_stream_replays_its_final_result_as_one_chunk(running):
+    iid, sid = uuid.uuid4().hex, session()
+    chunks, first = await stream(running, "stream once, ask twice", invocation_id=iid, session_id=sid)
 
-    again, replayed = await stream(running, req)
+    again, replayed = await stream(running, "stream once, ask twice", invocation_id=iid, session_id=sid)
 
-    assert again == []  # chunks are not replayed: the final result carries the whole output
-    assert replayed == first and replayed.output == texts(chunks)
+    assert replayed == first and len(chunks) > 1
+    assert [(c.seq, c.delta) for c in again] == [(0, texts(chunks))]  # the stored output, whole
     assert await sim_count(running, *PRIMARY) == 1
+
+
+async def test_the_blocking_client_streams_from_a_thread(running):
+    await running.sim.control.add_fault("break", provider=PRIMARY[0], after_chunks=2, count=1)
+
+    def blocking_streams():
+        with SyncClient(running.infra.nats_url, env=running.env, agent="sync-agent") as sb:
+            # research-summary answers from anthropic-sim: the fault on openai-sim leaves it whole.
+            with sb.stream("research-summary", "stream without a loop", session_id=session()) as whole:
+                chunks = list(whole)
+            broken = []
+            with pytest.raises(StreamInterrupted), sb.stream(WF, "and break") as partial:
+                broken.extend(partial)
+            return chunks, whole.result, broken, partial.result
+
+    # A thread of its own: the services answer from this test's event loop.
+    chunks, result, broken, partial = await asyncio.to_thread(blocking_streams)
+
+    assert texts(chunks) == result.output and result.status is Status.SUCCESS
+    assert result.output.startswith("[anthropic-sim/claude-sim-sonnet] ") and len(chunks) > 1
+    assert len(broken) == 2 and partial.error.code == "stream_interrupted"

@@ -33,6 +33,10 @@ async def test_no_gateway_is_control_plane_unavailable(stack):
         with pytest.raises(ControlPlaneUnavailable) as caught:
             await sb.invoke("support-triage", "hello", timeout=2)
     assert caught.value.code == "control_plane_unavailable"
+    async with Client(stack.infra.nats_url, env=stack.env) as sb:  # a stream degrades the same way
+        with pytest.raises(ControlPlaneUnavailable):
+            async with sb.stream("support-triage", "hello", timeout=2) as stream:
+                [chunk async for chunk in stream]
 
 
 async def test_an_unreachable_nats_is_control_plane_unavailable_within_the_connect_timeout(caplog):

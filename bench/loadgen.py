@@ -8,7 +8,9 @@ tell when the generator (and not the system under test) is the limit.
 Targets: `http` (aiohttp, one pooled session per URL: a direct call to the simulator or a call
 through LiteLLM) and `nats` (raw nats-py request/reply to the gateway; the InvokeRequest JSON
 is built with orjson, a unique invocation id each, and the reply read with orjson: see
-`codec_cost`, which measures what the SDK's pydantic path would cost instead).
+`codec_cost`, which measures what the SDK's pydantic path would cost instead). A target with
+`stream: true` asks for a streamed answer (server-sent events over HTTP; chunks then the final
+result on the worker's own inbox over NATS) and also times the first chunk.
 """
 
 from __future__ import annotations
@@ -63,7 +65,27 @@ class Generator:
         if self.nc is not None:
             await self.nc.close()
 
-    async def _http_call(self, target: dict):
+    @staticmethod
+    def _sse_call(session: aiohttp.ClientSession, url: str, headers: dict, body: bytes, first_chunk: list):
+        """A streamed HTTP call: the time to the first `data:` event, then the rest read; the
+        outcome is the status, and `/done` once `data: [DONE]` (or Anthropic's message_stop) came."""
+        clock = time.perf_counter
+
+        async def call() -> str:
+            t0, first, done = clock(), None, False
+            async with session.post(url, data=body, headers=headers) as response:
+                async for line in response.content:
+                    if line.startswith(b"data:"):
+                        if first is None:
+                            first = clock()
+                        done = b"[DONE]" in line or b'"message_stop"' in line
+            if first is not None and done:
+                first_chunk.append((first - t0) * 1000)
+            return f"{response.status}/done" if done else str(response.status)
+
+        return call
+
+    async def _http_call(self, target: dict, first_chunk: list[float]):
         session = self.sessions.get(target["url"])
         if session is None:
             connector = aiohttp.TCPConnector(limit=0, force_close=False)
@@ -74,6 +96,8 @@ class Generator:
         url, headers = target["url"], target["headers"]
         body = target["body"].encode()
         by_model = target.get("by_model", False)
+        if target.get("stream"):
+            return self._sse_call(session, url, headers, body, first_chunk)
 
         async def call() -> str:
             async with session.post(url, data=body, headers=headers) as response:
@@ -99,10 +123,17 @@ class Generator:
         }
 
         gateway_ms, provider_ms, expect = inside["gateway"], inside["provider"], set(target["expect"])
+        if target.get("stream"):
+            template["stream"] = True
+            ask = self._streamed(nc, subject, inside["first_chunk"])
+        else:
+
+            async def ask(data: bytes):
+                return await nc.request(subject, data, timeout=REQUEST_TIMEOUT_S)
 
         async def call() -> str:
             template["invocation_id"] = f"{prefix}{next(ids)}"
-            msg = await nc.request(subject, orjson.dumps(template), timeout=REQUEST_TIMEOUT_S)
+            msg = await ask(orjson.dumps(template))
             reply = orjson.loads(msg.data)
             attempts = reply.get("attempts") or ()
             if attempts:
@@ -116,13 +147,36 @@ class Generator:
 
         return call
 
+    @staticmethod
+    def _streamed(nc, subject: str, first_chunk: list[float]):
+        """A streamed invocation on an inbox of the call's own: the time to the first message (a
+        chunk, or the final result when nothing streamed), and the final result returned."""
+        clock = time.perf_counter
+
+        async def ask(data: bytes):
+            inbox = nc.new_inbox()
+            sub = await nc.subscribe(inbox)
+            try:
+                t0 = clock()
+                await nc.publish(subject, data, reply=inbox)
+                msg = await sub.next_msg(timeout=REQUEST_TIMEOUT_S)
+                first = clock()
+                while b'"status":' not in msg.data:  # chunks until the final result
+                    msg = await sub.next_msg(timeout=REQUEST_TIMEOUT_S)
+            finally:
+                await sub.unsubscribe()
+            first_chunk.append((first - t0) * 1000)
+            return msg
+
+        return ask
+
     async def run(self, cmd: dict) -> dict:
         target, concurrency, duration = cmd["target"], cmd["concurrency"], cmd["duration"]
         calls = []
-        inside: dict[str, list[float]] = {"gateway": [], "provider": []}
+        inside: dict[str, list[float]] = {"gateway": [], "provider": [], "first_chunk": []}
         for worker in range(concurrency):
             if target["kind"] == "http":
-                calls.append(await self._http_call(target))
+                calls.append(await self._http_call(target, inside["first_chunk"]))
             else:
                 calls.append(await self._nats_call(target, worker, inside))
         latencies: list[float] = []
@@ -157,6 +211,7 @@ class Generator:
             "latency_ms": percentiles(latencies),
             "gateway_ms": percentiles(inside["gateway"]),
             "provider_ms": percentiles(inside["provider"]),
+            "first_chunk_ms": percentiles(inside["first_chunk"]),
             "tally": dict(tally),
             "loadgen_cpu_s": round(cpu, 3),
             "loadgen_cpu_pct": round(100 * cpu / elapsed, 1) if elapsed else 0.0,

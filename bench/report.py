@@ -55,7 +55,7 @@ def summarize(points: list[dict]) -> list[dict]:
         }
         for q in ("p50", "p90", "p99"):
             row[q] = _median([r["latency_ms"].get(q) for r in reps])
-        for part in ("gateway_ms", "provider_ms"):
+        for part in ("gateway_ms", "provider_ms", "first_chunk_ms"):
             row[part] = {q: _median([(r.get(part) or {}).get(q) for r in reps]) for q in ("p50", "p99")}
         row["cpu_per_1k"] = {
             name: _median([r["cpu_per_1k"].get(name) for r in reps])
@@ -73,13 +73,20 @@ def summarize(points: list[dict]) -> list[dict]:
         for q in ("p50", "p99"):
             ok = base is not None and row[q] is not None and base[q] is not None
             row[f"added_{q}"] = round(row[q] - base[q], 3) if ok and row["path"] != "direct" else None
+    streamed = {(r["sim_ms"], r["concurrency"]): r for r in rows if r["path"] == "direct-stream"}
+    for row in rows:
+        base, first = streamed.get((row["sim_ms"], row["concurrency"])), row["first_chunk_ms"]["p50"]
+        ok = base is not None and first is not None and row["path"] != "direct-stream"
+        row["added_first_p50"] = round(first - base["first_chunk_ms"]["p50"], 3) if ok else None
     order = {
         "direct": 0,
         "healthy": 1,
         "ingress": 2,
         "fallback": 3,
-        "litellm-healthy": 4,
-        "litellm-fallback": 5,
+        "direct-stream": 4,
+        "stream": 5,
+        "litellm-healthy": 6,
+        "litellm-fallback": 7,
     }
     rows.sort(
         key=lambda r: (r["sim_ms"], order.get(r["path"], 9), r["log_level"] != "WARNING", r["concurrency"])
@@ -187,6 +194,25 @@ def latency_table(rows: list[dict]) -> str:
     return _table(header, lines)
 
 
+def streaming_table(rows: list[dict]) -> str:
+    header = ["path", "sim ms", "c", "thr/s", "first p50 ms", "first p99 ms", "+first p50 ms", "p50 ms"]
+    lines = [
+        [
+            _label(r),
+            _f(r["sim_ms"], 0),
+            str(r["concurrency"]),
+            _f(r["throughput"], 0),
+            _f(r["first_chunk_ms"]["p50"], 2),
+            _f(r["first_chunk_ms"]["p99"], 2),
+            _f(r["added_first_p50"], 2, True),
+            _f(r["p50"], 2),
+        ]
+        for r in rows
+        if r["first_chunk_ms"]["p50"] is not None
+    ]
+    return _table(header, lines)
+
+
 def breakdown_table(rows: list[dict]) -> str:
     """Where an invocation's time goes, by the gateway's own account (median of p50s): the
     client's round trip, the gateway's handler, its provider call(s), and the direct call."""
@@ -216,7 +242,7 @@ def cpu_table(rows: list[dict]) -> str:
         cpu = r["cpu_per_1k"]
         sb = (
             sum(cpu.get(n) or 0.0 for n in SERVICES)
-            if r["path"] in ("healthy", "ingress", "fallback")
+            if r["path"] in ("healthy", "ingress", "fallback", "stream")
             else None
         )
         lines.append(

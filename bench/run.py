@@ -38,7 +38,7 @@ from shared import names  # noqa: E402
 
 WORKFLOW = "support-triage"  # tier 0 openai-sim/gpt-sim-large, tier 1 anthropic-sim/claude-sim-sonnet
 PRIMARY_429 = {"kind": "429", "provider": "openai-sim"}  # no count: until removed
-GATEWAY_PATHS = ("healthy", "ingress", "fallback")  # invocations that reach the audit log
+GATEWAY_PATHS = ("healthy", "ingress", "fallback", "stream")  # invocations that reach the audit log
 MAX_ERROR_RATE = 0.01  # of requests failed, or of invocations missing from the audit log
 
 
@@ -49,7 +49,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=2, help="repeats per point (median reported)")
     p.add_argument("--concurrency", default="1,16,64", help="comma-separated")
     p.add_argument("--latency", default="0,50", help="simulator latencies in ms, comma-separated")
-    p.add_argument("--paths", default="direct,healthy,ingress,fallback", help="comma-separated")
+    p.add_argument(
+        "--paths",
+        default="direct,healthy,ingress,fallback,direct-stream,stream",
+        help="comma-separated",
+    )
     p.add_argument("--no-info-point", action="store_true", help="skip the healthy c=64 point at INFO")
     p.add_argument("--compare-litellm", action="store_true", help="also run LiteLLM proxy (optional)")
     p.add_argument("--smoke", action="store_true", help="a few seconds; fails only on crash or errors")
@@ -148,19 +152,28 @@ class Bench:
             "subject": names.invoke(self.stack.env_name, WORKFLOW),
             "workflow": WORKFLOW,
         }
-        out = {
-            "direct": {
-                "kind": "http",
-                "url": f"{self.stack.sim_url}/p/openai-sim/v1/chat/completions",
-                "headers": {
-                    "Authorization": f"Bearer {KEYS['SB_OPENAI_SIM_API_KEY']}",
-                    "Content-Type": "application/json",
-                },
-                "body": orjson.dumps(direct_body).decode(),
-                "expect": ["200"],
+        direct = {
+            "kind": "http",
+            "url": f"{self.stack.sim_url}/p/openai-sim/v1/chat/completions",
+            "headers": {
+                "Authorization": f"Bearer {KEYS['SB_OPENAI_SIM_API_KEY']}",
+                "Content-Type": "application/json",
             },
+            "body": orjson.dumps(direct_body).decode(),
+            "expect": ["200"],
+        }
+        out = {
+            "direct": direct,
             "healthy": {**nats_target, "expect": ["success/ok"]},
             "fallback": {**nats_target, "expect": ["fallback/rate_limited"]},
+            # Streamed: time to first chunk, direct from the simulator and through the gateway.
+            "direct-stream": {
+                **direct,
+                "body": orjson.dumps({**direct_body, "stream": True}).decode(),
+                "stream": True,
+                "expect": ["200/done"],
+            },
+            "stream": {**nats_target, "stream": True, "expect": ["success/ok"]},
         }
         if self.ingress_key is not None:  # the same invocation through the OpenAI-compatible API
             out["ingress"] = {
@@ -280,6 +293,14 @@ def print_summary(doc: dict) -> None:
     )
     print("### Throughput and latency\n")
     print(report.latency_table(rows) + "\n")
+    if any(r["first_chunk_ms"]["p50"] is not None for r in rows):
+        print("### Streaming: time to first chunk\n")
+        print(
+            "`stream` is a streamed invocation over NATS (chunks to the caller's inbox, then the final "
+            "result); `direct-stream` the simulator's own server-sent events. `+first p50` = added "
+            "over `direct-stream` at the same concurrency and simulator latency.\n"
+        )
+        print(report.streaming_table(rows) + "\n")
     print("### Where the time goes (ms; medians of each point's p50)\n")
     print(
         "`NATS + queueing` = client p50 - gateway p50 (transport, gateway queueing and reply); "

@@ -42,7 +42,6 @@ def build(svc: "IngressService") -> FastAPI:
         redoc_url=None,
     )
 
-    @app.post(CHAT)
     async def chat_completions(request: Request) -> Response:
         started = request.state.started = time.perf_counter()
         agent = await svc.keys.agent_of(_bearer(request))
@@ -58,11 +57,15 @@ def build(svc: "IngressService") -> FastAPI:
         status, answer, headers = refused or (200, openai_wire.completion(result), {})
         return _respond(CHAT, started, status, answer, headers, result.invocation_id)
 
-    @app.get(MODELS)
     async def models(request: Request) -> Response:
         started = request.state.started = time.perf_counter()
         agent = await svc.keys.agent_of(_bearer(request))
         return _respond(MODELS, started, 200, openai_wire.models(svc.workflows_for(agent), svc.created), {})
+
+    # Plain Starlette routes: each handler reads its request itself, so FastAPI's per-request
+    # dependency and validation machinery would be pure cost on the hot path.
+    app.add_route(CHAT, chat_completions, methods=["POST"])
+    app.add_route(MODELS, models, methods=["GET"])
 
     @app.exception_handler(errors.SwitchboardError)
     async def _coded(request: Request, exc: errors.SwitchboardError) -> Response:

@@ -5,9 +5,9 @@ A request walks straight through: the API key names the agent; the body becomes 
 connection; the result becomes a `chat.completion`, or an error response built in one place
 (`outcomes`). `Idempotency-Key` (else `x-request-id`) is the invocation id, so a retry with
 the same key is answered from the first invocation; `X-Session-Id` is the session.
-
-No `from __future__ import annotations`: FastAPI reads the route annotations at runtime.
 """
+
+from __future__ import annotations
 
 import time
 import uuid
@@ -33,7 +33,7 @@ MODELS = "/v1/models"
 _ID = TypeAdapter(Identifier)
 
 
-def build(svc: "IngressService") -> FastAPI:
+def build(svc: IngressService) -> FastAPI:
     app = FastAPI(
         title="Switchboard ingress",
         description="OpenAI-compatible chat completions; each request is a Switchboard invocation.",

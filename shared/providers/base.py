@@ -78,7 +78,7 @@ class ProviderStream:
         loop = asyncio.get_running_loop()
         event: str | None = None
         try:
-            async with asyncio.timeout(loop.time() + self.idle_s) as idle:
+            async with asyncio.timeout(self.idle_s) as idle:
                 async for line in self.response.aiter_lines():
                     idle.reschedule(loop.time() + self.idle_s)
                     if line.startswith("data:"):

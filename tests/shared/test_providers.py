@@ -485,3 +485,34 @@ async def test_pieces_arrive_while_the_provider_is_still_answering(simulator):
                     seen_first.set()
     assert pieces == ["first", " second"]
     assert s.ended and s.completion_tokens is None  # this provider did not report usage
+
+
+@pytest.mark.parametrize("first", [b"", b'data: {"choices":[{"index":0,"delta":{"content":"first"}}]}\n\n'])
+async def test_a_provider_quiet_for_the_timeout_ends_the_stream_as_a_timeout(simulator, first):
+    """Headers sent, then silence, before the first event or after it: the call times out at the
+    tier's timeout, whether or not a piece was read."""
+    release = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(first)
+        await asyncio.wait_for(release.wait(), 10)
+        return response
+
+    async with provider_server(handler) as url:
+        doc = policy_doc(simulator)
+        doc["providers"]["openai-sim"]["base_url"] = url
+        async with adapters(doc) as p:
+            pieces = []
+            with pytest.raises(ProviderCallError) as caught:
+                async with asyncio.timeout(5):  # the test's own guard, well above the tier's
+                    async with p.get("openai-sim").stream(
+                        "gpt-sim-large", CONVERSATION, CallParams(max_tokens=9), 0.3
+                    ) as s:
+                        async for piece in s:
+                            pieces.append(piece)
+            release.set()
+    assert caught.value.outcome is AttemptOutcome.TIMEOUT
+    assert pieces == (["first"] if first else [])

@@ -3,6 +3,8 @@ the lever to route around one at once, and the probe that shows whether it has r
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 from shared import names
 from shared.contracts import (
     AttemptOutcome,
@@ -13,7 +15,7 @@ from shared.contracts import (
     ProviderStatusReply,
     ProviderStatusRequest,
 )
-from shared.sbctl.context import connect, operator
+from shared.sbctl.context import EXIT_USAGE, connect, operator
 from shared.sbctl.output import emit_json, fail, table
 from switchboard_sdk import errors
 
@@ -142,17 +144,26 @@ async def unblock(args, settings) -> int:
     return 0
 
 
+PROBE_OPTIONS = {"timeout_s": "--timeout", "why": "--reason", "count": "--count", "model": "--model"}
+
+
 async def probe(args, settings) -> int:
     """A few real calls to the provider through the gateway's adapter, blocked or not; exit 0
     when every one answered, 1 otherwise (keep the block)."""
-    request = ProbeRequest(
-        provider=args.provider,
-        model=args.model,
-        count=args.count,
-        timeout_s=args.timeout,
-        by=operator(settings).name,
-        why=args.reason,
-    )
+    try:
+        request = ProbeRequest(
+            provider=args.provider,
+            model=args.model,
+            count=args.count,
+            timeout_s=args.timeout,
+            by=operator(settings).name,
+            why=args.reason,
+        )
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{PROBE_OPTIONS.get(e['loc'][0], e['loc'][0])}: {e['msg']}" for e in exc.errors()
+        )
+        fail(problems, code=errors.InvalidRequest.code, as_json=args.json, exit_code=EXIT_USAGE)
     deadline = args.count * args.timeout + 5.0
     reply: ProbeReply = await _ask(
         settings,

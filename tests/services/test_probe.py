@@ -77,4 +77,8 @@ async def test_probe_of_an_unknown_provider_is_refused_by_name(running):
 
     assert code == 1, out + err
     assert err.startswith("error [not_found]: no provider named 'nope'")
+    for bad, option in ((("--timeout", "0"), "--timeout"), (("--reason", "x" * 201), "--reason")):
+        code, out, err = await probe(running, *bad)
+        assert code == 2, out + err  # the command line is wrong: a coded error, not a traceback
+        assert err.startswith(f"error [invalid_request]: {option}: "), err
     assert await sim_count(running, "openai-sim") == 0

@@ -10,6 +10,7 @@ from collections import defaultdict
 from services import catalog
 
 SERVICES = tuple(reversed(catalog.NAMES))  # the gateway first
+GATEWAY_PATHS = ("healthy", "ingress", "fallback", "stream", "ingress-stream")  # through Switchboard
 PROCESSES = (*SERVICES, "simulator", "litellm", "nats", "redis", "postgres", "loadgen")
 RSS_LIMIT_MB = 200.0
 
@@ -85,8 +86,9 @@ def summarize(points: list[dict]) -> list[dict]:
         "fallback": 3,
         "direct-stream": 4,
         "stream": 5,
-        "litellm-healthy": 6,
-        "litellm-fallback": 7,
+        "ingress-stream": 6,
+        "litellm-healthy": 7,
+        "litellm-fallback": 8,
     }
     rows.sort(
         key=lambda r: (r["sim_ms"], order.get(r["path"], 9), r["log_level"] != "WARNING", r["concurrency"])
@@ -240,11 +242,7 @@ def cpu_table(rows: list[dict]) -> str:
     lines = []
     for r in rows:
         cpu = r["cpu_per_1k"]
-        sb = (
-            sum(cpu.get(n) or 0.0 for n in SERVICES)
-            if r["path"] in ("healthy", "ingress", "fallback", "stream")
-            else None
-        )
+        sb = sum(cpu.get(n) or 0.0 for n in SERVICES) if r["path"] in GATEWAY_PATHS else None
         lines.append(
             [_label(r), _f(r["sim_ms"], 0), str(r["concurrency"])]
             + [_f(cpu.get(n), 2) for n in present]

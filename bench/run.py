@@ -33,12 +33,12 @@ import orjson  # noqa: E402
 
 from bench import litellm_proxy, report  # noqa: E402
 from bench.loadgen import MAX_TOKENS, PROMPT  # noqa: E402
+from bench.report import GATEWAY_PATHS  # noqa: E402  (invocations that reach the audit log)
 from bench.stack import KEYS, SERVICES, Stack, answers, log, tree_pids, wait_machine_idle  # noqa: E402
 from shared import names  # noqa: E402
 
 WORKFLOW = "support-triage"  # tier 0 openai-sim/gpt-sim-large, tier 1 anthropic-sim/claude-sim-sonnet
 PRIMARY_429 = {"kind": "429", "provider": "openai-sim"}  # no count: until removed
-GATEWAY_PATHS = ("healthy", "ingress", "fallback", "stream")  # invocations that reach the audit log
 MAX_ERROR_RATE = 0.01  # of requests failed, or of invocations missing from the audit log
 
 
@@ -51,7 +51,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--latency", default="0,50", help="simulator latencies in ms, comma-separated")
     p.add_argument(
         "--paths",
-        default="direct,healthy,ingress,fallback,direct-stream,stream",
+        default="direct,healthy,ingress,fallback,direct-stream,stream,ingress-stream",
         help="comma-separated",
     )
     p.add_argument("--no-info-point", action="store_true", help="skip the healthy c=64 point at INFO")
@@ -188,6 +188,14 @@ class Bench:
                 ).decode(),
                 "expect": ["200"],
             }
+            out["ingress-stream"] = {  # the same, streamed as server-sent events
+                **out["ingress"],
+                "body": orjson.dumps(
+                    {"model": WORKFLOW, "messages": messages, "max_tokens": MAX_TOKENS, "stream": True}
+                ).decode(),
+                "stream": True,
+                "expect": ["200/done"],
+            }
         if self.proxy is not None:
             out["litellm-healthy"] = self.proxy.target("bench-primary", "gpt-sim-large")
             out["litellm-fallback"] = self.proxy.target("claude-sim-sonnet")
@@ -256,7 +264,7 @@ class Bench:
                 await stack.start_services("WARNING")
                 services_up = True
                 log(f"services ready on env {stack.env_name}, policy version {stack.version}")
-                if "ingress" in args.paths:
+                if "ingress" in args.paths or "ingress-stream" in args.paths:
                     self.ingress_key = await stack.ingress_key("bench")
             for rep in range(args.repeat):
                 for c in args.concurrency:
@@ -297,7 +305,8 @@ def print_summary(doc: dict) -> None:
         print("### Streaming: time to first chunk\n")
         print(
             "`stream` is a streamed invocation over NATS (chunks to the caller's inbox, then the final "
-            "result); `direct-stream` the simulator's own server-sent events. `+first p50` = added "
+            "result); `ingress-stream` the same through the ingress as OpenAI server-sent events; "
+            "`direct-stream` the simulator's own server-sent events. `+first p50` = added "
             "over `direct-stream` at the same concurrency and simulator latency.\n"
         )
         print(report.streaming_table(rows) + "\n")

@@ -10,7 +10,7 @@
 """
 
 from switchboard_sdk._client import Client
-from switchboard_sdk._stream import Stream
+from switchboard_sdk._stream import Stream, read_stream
 from switchboard_sdk._sync import SyncClient, SyncStream
 from switchboard_sdk.contracts import Attempt, InvokeResult, Status, StreamChunk, StreamInfo, Usage
 from switchboard_sdk.errors import ControlPlaneUnavailable, StreamInterrupted, SwitchboardError
@@ -24,6 +24,7 @@ __all__ = [
     "StreamChunk",
     "StreamInfo",
     "SyncStream",
+    "read_stream",
     # results
     "Attempt",
     "InvokeResult",

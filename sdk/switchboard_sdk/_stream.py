@@ -8,6 +8,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeout
 
 from switchboard_sdk import _tracing, codec, errors
@@ -39,8 +40,8 @@ class Stream:
         self.request = request
         self.timeout = timeout
         self.result: InvokeResult | None = None
-        self._sub = None
         self._started = False
+        self._reading: AsyncIterator | None = None
 
     @property
     def invocation_id(self) -> str:
@@ -54,10 +55,8 @@ class Stream:
 
     async def aclose(self) -> None:
         """Stop listening (chunks still on their way are dropped); safe to call twice."""
-        sub, self._sub = self._sub, None
-        if sub is not None:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        if self._reading is not None:
+            await self._reading.aclose()
 
     async def __aiter__(self) -> AsyncIterator[StreamChunk]:
         if self._started:
@@ -68,48 +67,68 @@ class Stream:
         if nc is None:
             await self._degrade(f"cannot reach NATS at {client.nats_url}")
         else:
-            inbox = nc.new_inbox()
-            self._sub = await nc.subscribe(inbox)
-            with _tracing.span(f"invoke {request.workflow}", request.invocation_id):
-                headers = _tracing.headers() or None
-                await nc.publish(client._subject(request.workflow), codec.encode(request), inbox, headers)
             seq = 0
-            try:
-                while True:
-                    msg = await self._next(seq)
-                    if msg.headers and msg.headers.get("Status") == NO_RESPONDERS:
-                        await self._degrade("no gateway is serving this environment")
-                        break
-                    if FINAL in msg.data:
-                        self.result = codec.decode(msg.data, InvokeResult)
-                        break
-                    chunk = codec.decode(msg.data, StreamChunk)
-                    if chunk.seq != seq:
-                        raise errors.StreamInterrupted(f"chunk {seq} of {request.invocation_id} was lost")
-                    seq += 1
-                    yield chunk
-            finally:
-                await self.aclose()
-            client._answered(request.workflow, self.result)
-            error = self.result.error
-            if error is not None and error.code == errors.StreamInterrupted.code:
-                raise errors.from_wire(error)
+            with _tracing.span(f"invoke {request.workflow}", request.invocation_id):
+                headers = _tracing.headers()
+            subject = client._subject(request.workflow)
+            self._reading = read_stream(nc, subject, request, self.timeout, headers)
+            async with contextlib.aclosing(self._reading) as messages:
+                async for message in messages:
+                    if isinstance(message, StreamChunk):
+                        seq += 1
+                        yield message
+                    else:
+                        self.result = message
+            if self.result is None:
+                await self._degrade("no gateway is serving this environment")
+            else:
+                client._answered(request.workflow, self.result)
+                error = self.result.error
+                if error is not None and error.code == errors.StreamInterrupted.code:
+                    raise errors.from_wire(error)
             if seq:
                 return
         if self.result.output and (self.result.stream is not None or not self.result.enforced):
             yield StreamChunk(invocation_id=request.invocation_id, seq=0, delta=self.result.output)
 
-    async def _next(self, seq: int):
-        try:
-            return await self._sub.next_msg(timeout=self.timeout)
-        except NatsTimeout as exc:
-            if seq == 0:  # not degraded: a gateway may have taken it (see `Client.send`)
-                raise errors.ControlPlaneUnavailable(
-                    f"no answer from the gateway within {self.timeout:g}s"
-                ) from exc
-            raise errors.StreamInterrupted(
-                f"nothing after chunk {seq - 1} of {self.invocation_id} within {self.timeout:g}s"
-            ) from exc
-
     async def _degrade(self, reason: str) -> None:
         self.result = await self._client._degrade(self.request, reason)
+
+
+async def read_stream(
+    nc: NATS, subject: str, request: InvokeRequest, timeout: float, headers: dict[str, str] | None = None
+) -> AsyncIterator[StreamChunk | InvokeResult]:
+    """The wire half of a streamed invocation, for any NATS connection: publish `request` (with
+    `stream: true`) on `subject` with a fresh inbox of the connection as its reply subject, then
+    yield the chunks in order and the final `InvokeResult` last. Ends without a result when no
+    gateway serves the subject. Raises `StreamInterrupted` when a chunk is lost or nothing
+    follows a chunk within `timeout`, and `ControlPlaneUnavailable` when nothing comes at all."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    try:
+        await nc.publish(subject, codec.encode(request), inbox, headers or None)
+        seq = 0
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=timeout)
+            except NatsTimeout as exc:
+                if seq == 0:  # not degraded: a gateway may have taken it (see `Client.send`)
+                    raise errors.ControlPlaneUnavailable(
+                        f"no answer from the gateway within {timeout:g}s"
+                    ) from exc
+                raise errors.StreamInterrupted(
+                    f"nothing after chunk {seq - 1} of {request.invocation_id} within {timeout:g}s"
+                ) from exc
+            if msg.headers and msg.headers.get("Status") == NO_RESPONDERS:
+                return
+            if FINAL in msg.data:
+                yield codec.decode(msg.data, InvokeResult)
+                return
+            chunk = codec.decode(msg.data, StreamChunk)
+            if chunk.seq != seq:
+                raise errors.StreamInterrupted(f"chunk {seq} of {request.invocation_id} was lost")
+            seq += 1
+            yield chunk
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()

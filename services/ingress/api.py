@@ -9,18 +9,19 @@ the same key is answered from the first invocation; `X-Session-Id` is the sessio
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from typing import TYPE_CHECKING
 
 import orjson
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from pydantic import TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.ingress import openai_wire, outcomes
-from shared.contracts import Identifier
+from shared.contracts import Identifier, InvokeResult
 from shared.telemetry import metrics
 from switchboard_sdk import errors
 
@@ -46,12 +47,12 @@ def build(svc: IngressService) -> FastAPI:
         started = request.state.started = time.perf_counter()
         agent = await svc.keys.agent_of(_bearer(request))
         body = _parse(await request.body(), svc.settings.max_payload_bytes)
-        if body.stream:
-            raise _invalid("stream", "streaming is not supported by this ingress yet")
         try:
             invoke = openai_wire.to_invoke(body, _invocation_id(request), agent, _session(request))
         except ValidationError as exc:
             raise _from_validation(exc) from exc
+        if body.stream:
+            return await _stream(svc, request, invoke, body, started)
         result = await svc.invoke(invoke, request.headers)
         refused = outcomes.refusal(result)
         status, answer, headers = refused or (200, openai_wire.completion(result), {})
@@ -89,6 +90,33 @@ def build(svc: IngressService) -> FastAPI:
         return Response(orjson.dumps(body), status_code=exc.status_code, media_type=JSON)
 
     return app
+
+
+async def _stream(
+    svc: IngressService, request: Request, invoke, body: openai_wire.ChatCompletionRequest, started: float
+) -> Response:
+    """Server-sent events once the first chunk is there; an invocation refused before it (budget,
+    pause, a workflow that does not stream, every tier failed) is the plain error response."""
+    messages = svc.stream(invoke, request.headers)
+    try:
+        first = await anext(messages)
+    except BaseException:
+        await messages.aclose()
+        raise
+    if isinstance(first, InvokeResult) and (refused := outcomes.refusal(first)) is not None:
+        await messages.aclose()
+        return _respond(CHAT, started, *refused, first.invocation_id)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    async def events():
+        async with contextlib.aclosing(messages):
+            async for event in openai_wire.events(first, messages, include_usage):
+                yield event
+
+    metrics.INGRESS_REQUESTS.labels(CHAT, "200").inc()
+    metrics.INGRESS_LATENCY.labels(CHAT).observe(time.perf_counter() - started)  # to the first chunk
+    headers = {"x-request-id": invoke.invocation_id, "cache-control": "no-cache"}
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
 
 def _respond(

@@ -9,11 +9,14 @@ invocation's metadata, which routing and review rules can match.
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from typing import Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.contracts import InvokeRequest, InvokeResult, Message, MetadataInput
+from shared.contracts import InvokeRequest, InvokeResult, Message, MetadataInput, Status, StreamChunk
+from switchboard_sdk import errors
 
 # OpenAI's newer system role; Switchboard (and every provider it speaks) calls it `system`.
 _ROLES = {"developer": "system"}
@@ -80,6 +83,7 @@ def to_invoke(
         top_p=body.top_p,
         stop=stop,
         metadata=metadata,
+        stream=True if body.stream else None,
     )
 
 
@@ -107,6 +111,55 @@ def completion(result: InvokeResult) -> dict:
         },
         "switchboard": switchboard_block(result),
     }
+
+
+async def events(
+    first: StreamChunk | InvokeResult, rest: AsyncIterator[StreamChunk | InvokeResult], include_usage: bool
+) -> AsyncIterator[bytes]:
+    """A streamed invocation as OpenAI's server-sent events: a role chunk, one chunk per piece,
+    then a chunk with the finish reason, usage and the `switchboard` block (with
+    `stream_options.include_usage`, one more chunk with no choices and the usage, as OpenAI
+    sends), then `[DONE]`. A stream that did not end as an answer ends with an error event and
+    no `[DONE]`: never a clean end (the OpenAI client raises `APIError`)."""
+    base = {"id": f"chatcmpl-{first.invocation_id}", "object": "chat.completion.chunk"}
+    base["created"] = int(time.time())
+
+    def chunk(delta: dict, finish: str | None = None, **extra) -> bytes:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        return _event({**base, "choices": [choice], **extra})
+
+    message = first
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        while isinstance(message, StreamChunk):
+            yield chunk({"content": message.delta})
+            message = await anext(rest)
+    except errors.SwitchboardError as exc:  # the stream broke on its way here
+        yield _event({"error": _error(exc.code, exc.message)})
+        return
+    result = message
+    if result.status not in (Status.SUCCESS, Status.FALLBACK):
+        error = result.error or errors.to_wire(errors.SwitchboardError(f"ended {result.status.value}"))
+        yield _event({"error": {**_error(error.code, error.message), "invocation_id": result.invocation_id}})
+        return
+    usage = {
+        "prompt_tokens": result.usage.prompt_tokens,
+        "completion_tokens": result.usage.completion_tokens,
+        "total_tokens": result.usage.prompt_tokens + result.usage.completion_tokens,
+    }
+    base["model"] = result.model
+    yield chunk({}, result.finish_reason or "stop", usage=usage, switchboard=switchboard_block(result))
+    if include_usage:
+        yield _event({**base, "choices": [], "usage": usage})
+    yield b"data: [DONE]\n\n"
+
+
+def _event(payload: dict) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def _error(code: str, message: str) -> dict:
+    return {"message": message, "type": "api_error", "code": code, "param": None}
 
 
 def switchboard_block(result: InvokeResult) -> dict:

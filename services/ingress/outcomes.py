@@ -26,6 +26,7 @@ STATUS: dict[type[errors.SwitchboardError], tuple[int, str]] = {
     errors.InvalidRequest: (400, "invalid_request_error"),
     errors.BudgetExceeded: (429, "insufficient_quota"),
     errors.AllTiersFailed: (502, "api_error"),
+    errors.StreamInterrupted: (502, "api_error"),  # a retry of a stream that broke half-way
     errors.ProviderError: (502, "api_error"),
     errors.Paused: (503, "service_unavailable"),
     errors.NoRoute: (503, "service_unavailable"),

@@ -5,9 +5,10 @@ issued and revoked by operators over NATS (`sbctl ingress keys`)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack
 
 from nats.errors import NoRespondersError
@@ -24,11 +25,12 @@ from shared.contracts import (
     IngressKeysReply,
     InvokeRequest,
     InvokeResult,
+    StreamChunk,
 )
 from shared.service import Service
 from shared.settings import Settings
 from shared.telemetry import tracing
-from switchboard_sdk import errors
+from switchboard_sdk import errors, read_stream
 
 log = logging.getLogger("switchboard.ingress")
 _tracer = tracing.tracer("switchboard.ingress")
@@ -69,9 +71,7 @@ class IngressService(Service):
 
     async def invoke(self, req: InvokeRequest, http_headers: Mapping[str, str]) -> InvokeResult:
         """Send the invocation on the agent's own subject and wait for the gateway's answer."""
-        if not names.WORKFLOW_PATTERN.match(req.workflow):
-            raise errors.UnknownWorkflow(f"model {req.workflow!r} names no workflow")
-        subject = names.agent_invoke(self.settings.env, req.agent, req.workflow)
+        subject = self._subject(req)
         with _tracer.start_as_current_span(
             "POST /v1/chat/completions",
             context=tracing.extract(dict(http_headers)),
@@ -93,6 +93,34 @@ class IngressService(Service):
                     "repeat the request with the same Idempotency-Key"
                 ) from exc
         return codec.decode(msg.data, InvokeResult)
+
+    async def stream(
+        self, req: InvokeRequest, http_headers: Mapping[str, str]
+    ) -> AsyncIterator[StreamChunk | InvokeResult]:
+        """Send a streamed invocation on the agent's own subject: its chunks, then its final
+        result (`read_stream`, the SDK's wire half); close it to stop listening."""
+        subject = self._subject(req)
+        with _tracer.start_as_current_span(
+            "POST /v1/chat/completions",
+            context=tracing.extract(dict(http_headers)),
+            kind=SpanKind.SERVER,
+            attributes={"switchboard.invocation_id": req.invocation_id, "switchboard.stream": True},
+        ):
+            headers = tracing.inject({})
+        got_result = False
+        async with contextlib.aclosing(
+            read_stream(self.bus.nc, subject, req, self.settings.invoke_timeout_s, headers)
+        ) as messages:
+            async for message in messages:
+                got_result = isinstance(message, InvokeResult)
+                yield message
+        if not got_result:
+            raise errors.ControlPlaneUnavailable("no gateway is serving this environment")
+
+    def _subject(self, req: InvokeRequest) -> str:
+        if not names.WORKFLOW_PATTERN.match(req.workflow):
+            raise errors.UnknownWorkflow(f"model {req.workflow!r} names no workflow")
+        return names.agent_invoke(self.settings.env, req.agent, req.workflow)
 
     def workflows_for(self, agent: str) -> list[str]:
         """The workflows an agent may invoke under the active policy (its list, else every one)."""

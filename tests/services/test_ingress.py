@@ -155,7 +155,7 @@ BAD_REQUESTS = [
     (dict(temperature=5), 400, "invalid_request_error", "invalid_request", "temperature"),
     (dict(n=2), 400, "invalid_request_error", "invalid_request", "n"),
     (dict(extra_body={"tools": []}), 400, "invalid_request_error", "invalid_request", "tools"),
-    (dict(stream=True), 400, "invalid_request_error", "invalid_request", "stream"),
+    (dict(model="refunds", stream=True), 400, "invalid_request_error", "stream_not_allowed", None),
     (dict(messages=[]), 400, "invalid_request_error", "invalid_request", "messages"),
     (
         dict(headers={"Idempotency-Key": "not a key"}),

@@ -5,6 +5,11 @@ closed-loop workers busy for `duration` seconds against one target and answers w
 latency percentiles, a tally of outcomes and the generator's own CPU time, so the benchmark can
 tell when the generator (and not the system under test) is the limit.
 
+With `rate` instead, the run is an open loop: invocation i is due at start + i/rate whatever
+the earlier ones are doing (any number in flight), and its latency counts from when it was
+due, not from when it was sent, so a stall in the system or in the generator shows up in the
+latencies instead of silently lowering the offered load (coordinated omission).
+
 Targets: `http` (aiohttp, one pooled session per URL: a direct call to the simulator or a call
 through LiteLLM) and `nats` (raw nats-py request/reply to the gateway; the InvokeRequest JSON
 is built with orjson, a unique invocation id each, and the reply read with orjson: see
@@ -30,6 +35,7 @@ import orjson
 PROMPT = "Classify: app crashes when uploading a 2 GB file."
 MAX_TOKENS = 64
 REQUEST_TIMEOUT_S = 30.0
+OPEN_LOOP_SESSIONS = 64  # an open-loop run spreads its invocations over this many session ids
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -171,7 +177,8 @@ class Generator:
         return ask
 
     async def run(self, cmd: dict) -> dict:
-        target, concurrency, duration = cmd["target"], cmd["concurrency"], cmd["duration"]
+        target, duration, rate = cmd["target"], cmd["duration"], cmd.get("rate")
+        concurrency = OPEN_LOOP_SESSIONS if rate else cmd["concurrency"]
         calls = []
         inside: dict[str, list[float]] = {"gateway": [], "provider": [], "first_chunk": []}
         for worker in range(concurrency):
@@ -195,9 +202,58 @@ class Generator:
                     latencies.append((clock() - t0) * 1000)
                 tally[outcome] += 1
 
+        by_send: dict[int, float] = {}  # open loop: latency by position in the timetable
+
+        async def timed(call, i: int, due: float) -> None:
+            try:
+                outcome = await call()
+            except Exception as exc:
+                outcome = f"exception:{type(exc).__name__}"
+            if outcome in expect:
+                by_send[i] = ms = (clock() - due) * 1000
+                latencies.append(ms)
+            tally[outcome] += 1
+
+        async def open_loop(t_start: float) -> dict:
+            """Send on the timetable; when the generator falls behind it sends at once (the lag
+            is reported and counted in the latencies), it never skips a slot."""
+            in_flight: set[asyncio.Task] = set()
+            peak, lag_ms, n = 0, [], int(duration * rate)
+            for i in range(n):
+                due = t_start + i / rate
+                wait = due - clock()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                lag_ms.append((clock() - due) * 1000)
+                task = asyncio.create_task(timed(calls[i % len(calls)], i, due))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+                peak = max(peak, len(in_flight))
+            if in_flight:
+                await asyncio.wait(in_flight, timeout=REQUEST_TIMEOUT_S)
+            if in_flight:  # still unanswered: counted as failures
+                tally["unfinished"] += len(in_flight)
+                for task in list(in_flight):
+                    task.cancel()
+            quarter = max(1, n // 4)
+            first = [by_send[i] for i in range(quarter) if i in by_send]
+            last = [by_send[i] for i in range(n - quarter, n) if i in by_send]
+            growth = percentiles(last).get("p50", 0.0) - percentiles(first).get("p50", 0.0)
+            return {
+                "offered_rate": rate,
+                "peak_in_flight": peak,
+                "send_lag_ms": percentiles(lag_ms),
+                # > 0 and large: latency grew through the run, i.e. a queue built up (over capacity)
+                "latency_growth_ms": round(growth, 3),
+            }
+
         cpu0, t0 = time.process_time(), clock()
         deadline = t0 + duration
-        await asyncio.gather(*(worker(call, deadline) for call in calls))
+        if rate:
+            extra = await open_loop(t0)
+        else:
+            extra = {}
+            await asyncio.gather(*(worker(call, deadline) for call in calls))
         elapsed = clock() - t0
         cpu = time.process_time() - cpu0
         ok = len(latencies)
@@ -207,7 +263,8 @@ class Generator:
             "total": total,
             "errors": total - ok,
             "elapsed_s": round(elapsed, 4),
-            "throughput": round(ok / elapsed, 2) if elapsed else 0.0,
+            # open loop: completions per second of the timetable (the offered rate when all succeed)
+            "throughput": round(ok / (duration if rate else elapsed), 2) if elapsed else 0.0,
             "latency_ms": percentiles(latencies),
             "gateway_ms": percentiles(inside["gateway"]),
             "provider_ms": percentiles(inside["provider"]),
@@ -215,6 +272,7 @@ class Generator:
             "tally": dict(tally),
             "loadgen_cpu_s": round(cpu, 3),
             "loadgen_cpu_pct": round(100 * cpu / elapsed, 1) if elapsed else 0.0,
+            **extra,
         }
 
 

@@ -58,6 +58,11 @@ def summarize(points: list[dict]) -> list[dict]:
             row[q] = _median([r["latency_ms"].get(q) for r in reps])
         for part in ("gateway_ms", "provider_ms", "first_chunk_ms"):
             row[part] = {q: _median([(r.get(part) or {}).get(q) for r in reps]) for q in ("p50", "p99")}
+        if "offered_rate" in reps[0]:  # open loop
+            row["offered_rate"] = reps[0]["offered_rate"]
+            row["peak_in_flight"] = max(r["peak_in_flight"] for r in reps)
+            row["send_lag_p99"] = _median([r["send_lag_ms"].get("p99") for r in reps])
+            row["latency_growth_ms"] = _median([r["latency_growth_ms"] for r in reps])
         row["cpu_per_1k"] = {
             name: _median([r["cpu_per_1k"].get(name) for r in reps])
             for name in PROCESSES
@@ -91,9 +96,45 @@ def summarize(points: list[dict]) -> list[dict]:
         "litellm-fallback": 8,
     }
     rows.sort(
-        key=lambda r: (r["sim_ms"], order.get(r["path"], 9), r["log_level"] != "WARNING", r["concurrency"])
+        key=lambda r: (
+            r["sim_ms"],
+            "offered_rate" in r,  # closed-loop rows first, then open-loop rows by rate
+            order.get(r["path"], 9),
+            r["log_level"] != "WARNING",
+            r.get("offered_rate") or r["concurrency"],
+        )
     )
     return rows
+
+
+def open_loop_table(rows: list[dict], capacities: dict) -> str:
+    """Open-loop rows: latency from each invocation's due time, added over the direct call at
+    the same rate; `growth` = last quarter's p50 - first quarter's (large: a queue built up)."""
+    header = ["path", "sim ms", "rate/s", "% of capacity", "thr/s", "p50 ms", "p99 ms", "+p50 ms"]
+    header += ["+p99 ms", "peak in flight", "send lag p99 ms", "growth ms", "errors"]
+    lines = []
+    for r in rows:
+        if "offered_rate" not in r:
+            continue
+        cap = capacities.get(r["sim_ms"])
+        lines.append(
+            [
+                r["path"],
+                _f(r["sim_ms"], 0),
+                _f(r["offered_rate"], 0),
+                _f(100 * r["offered_rate"] / cap, 0) if cap else "-",
+                _f(r["throughput"], 0),
+                _f(r["p50"], 2),
+                _f(r["p99"], 2),
+                _f(r["added_p50"], 2, True),
+                _f(r["added_p99"], 2, True),
+                str(r["peak_in_flight"]),
+                _f(r["send_lag_p99"], 1),
+                _f(r["latency_growth_ms"], 1, True),
+                f"{r['errors']}/{r['total']}",
+            ]
+        )
+    return _table(header, lines)
 
 
 def _find(rows: list[dict], path: str, sim_ms: float, c: int, level: str = "WARNING") -> dict | None:

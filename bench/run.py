@@ -10,6 +10,17 @@ and a markdown summary is printed at the end, with the issue's targets as PASS/M
     python bench/run.py --smoke              # a few seconds: proves it still runs (CI)
     python bench/run.py --compare-litellm    # also LiteLLM proxy on the same workload
     python bench/run.py --duration 3 --repeat 1 --latency 0 --concurrency 1,64
+
+Open loop (a fixed arrival rate, latency counted from each invocation's due time, any number in
+flight; see bench/loadgen.py):
+
+    python bench/run.py --concurrency '' --latency 50,1000 --rate 100,200   # chosen rates
+    python bench/run.py --concurrency '' --latency 50,1000 --capacity       # search, then 25/50/80 %
+
+`--capacity` raises the healthy path's rate by CAPACITY_STEP from `--capacity-start` until a
+point fails to hold it (errors, a generator that cannot send on time, or latency that keeps
+growing through the run: a queue), calls the last rate held the capacity, then runs the direct
+call and the healthy path at 25, 50 and 80 % of it.
 """
 
 from __future__ import annotations
@@ -40,6 +51,10 @@ from shared import names  # noqa: E402
 WORKFLOW = "support-triage"  # tier 0 openai-sim/gpt-sim-large, tier 1 anthropic-sim/claude-sim-sonnet
 PRIMARY_429 = {"kind": "429", "provider": "openai-sim"}  # no count: until removed
 MAX_ERROR_RATE = 0.01  # of requests failed, or of invocations missing from the audit log
+CAPACITY_STEP = 1.5  # rate multiplier between capacity-search points
+CAPACITY_FRACTIONS = (0.25, 0.5, 0.8)
+MAX_SEND_LAG_MS = 20.0  # open loop: p99 lag of the generator's sends behind the timetable
+MAX_LATENCY_GROWTH_MS = 50.0  # open loop: last quarter's p50 over the first quarter's
 
 
 def parse_args() -> argparse.Namespace:
@@ -47,7 +62,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=10.0, help="seconds per measured point")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up before each point")
     p.add_argument("--repeat", type=int, default=2, help="repeats per point (median reported)")
-    p.add_argument("--concurrency", default="1,16,64", help="comma-separated")
+    p.add_argument("--concurrency", default="1,16,64", help="comma-separated ('' for none)")
+    p.add_argument("--rate", default="", help="open-loop arrival rates per second, comma-separated")
+    p.add_argument("--open-paths", default="direct,healthy", help="paths run at each open-loop rate")
+    p.add_argument("--capacity", action="store_true", help="search the healthy path's open-loop capacity")
+    p.add_argument("--capacity-start", type=float, default=50.0, help="first rate of the search")
     p.add_argument("--latency", default="0,50", help="simulator latencies in ms, comma-separated")
     p.add_argument(
         "--paths",
@@ -68,7 +87,10 @@ def parse_args() -> argparse.Namespace:
     if args.smoke:
         args.duration, args.warmup, args.repeat = 1.0, 0.3, 1
         args.concurrency, args.latency, args.no_info_point, args.idle_wait = "1,16", "0", True, 0.0
-    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+        args.rate = "50"
+    args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
+    args.rate = [float(r) for r in args.rate.split(",") if r]
+    args.open_paths = args.open_paths.split(",")
     args.latency = [float(x) for x in args.latency.split(",")]
     args.paths = args.paths.split(",")
     return args
@@ -117,8 +139,8 @@ class LoadGen:
             raise RuntimeError("the load generator did not start")
         return cls(proc, json.loads(line))
 
-    async def run(self, target: dict, concurrency: int, duration: float) -> dict:
-        cmd = {"op": "run", "target": target, "concurrency": concurrency, "duration": duration}
+    async def run(self, target: dict, concurrency: int, duration: float, rate: float | None = None) -> dict:
+        cmd = {"op": "run", "target": target, "concurrency": concurrency, "duration": duration, "rate": rate}
         self.proc.stdin.write(orjson.dumps(cmd) + b"\n")
         await self.proc.stdin.drain()
         line = await self.proc.stdout.readline()
@@ -140,6 +162,7 @@ class Bench:
         self.loadgen = loadgen
         self.proxy: litellm_proxy.Proxy | None = None
         self.points: list[dict] = []
+        self.capacities: dict[float, float | None] = {}  # sim ms -> open-loop rate held
         self.sent_to_gateway = 0
         self.ingress_key: str | None = None  # issued once the services run
 
@@ -207,17 +230,20 @@ class Bench:
             extra["litellm"] = tree_pids(self.proxy.proc.pid)
         return extra
 
-    async def point(self, path: str, sim_ms: float, concurrency: int, rep: int, level: str) -> dict:
+    async def point(
+        self, path: str, sim_ms: float, concurrency: int, rep: int, level: str, rate: float | None = None
+    ) -> dict:
+        """One measured point: closed loop with `concurrency` callers, or open loop at `rate`/s."""
         target, stack, args = self.targets()[path], self.stack, self.args
         idle_before = await wait_machine_idle(args.idle_wait) if args.idle_wait > 0 else None
         fault = await stack.add_fault(PRIMARY_429) if path.endswith("fallback") else None
         try:
             if args.warmup > 0:
-                warm = await self.loadgen.run(target, concurrency, args.warmup)
+                warm = await self.loadgen.run(target, concurrency, args.warmup, rate)
                 self.sent_to_gateway += warm["total"] if path in GATEWAY_PATHS else 0
                 await stack.wait_quiet()
             before = stack.sample(self.extra_pids())
-            result = await self.loadgen.run(target, concurrency, args.duration)
+            result = await self.loadgen.run(target, concurrency, args.duration, rate)
             drain_s = await stack.wait_quiet()
             after = stack.sample(self.extra_pids())
         finally:
@@ -233,7 +259,7 @@ class Bench:
         point = {
             "path": path,
             "sim_ms": sim_ms,
-            "concurrency": concurrency,
+            "concurrency": f"{rate:g}/s" if rate else concurrency,  # an open-loop point: its rate
             "repeat": rep,
             "log_level": level,
             **result,
@@ -246,11 +272,19 @@ class Bench:
             "peak_rss_mb": {k: round(v, 1) for k, v in after["rss"].items()},
         }
         lat = result["latency_ms"]
+        load = f"rate {rate:g}/s" if rate else f"c={concurrency:<3}"
         log(
-            f"{path:<16} sim {sim_ms:>3g} ms c={concurrency:<3} rep {rep} {level:<7} "
+            f"{path:<16} sim {sim_ms:>3g} ms {load} rep {rep} {level:<7} "
             f"{result['throughput']:>8.0f}/s  p50 {lat.get('p50', 0):7.2f}  p99 {lat.get('p99', 0):7.2f} ms  "
             f"errors {result['errors']}/{result['total']}  loadgen CPU {result['loadgen_cpu_pct']:.0f}%"
             + (f"  tally {result['tally']}" if result["errors"] else "")
+            + (
+                f"  in flight {result['peak_in_flight']}"
+                f"  send lag p99 {result['send_lag_ms'].get('p99', 0):.1f}"
+                f"  growth {result['latency_growth_ms']:+.1f} ms"
+                if rate
+                else ""
+            )
         )
         self.points.append(point)
         return point
@@ -270,6 +304,12 @@ class Bench:
                 for c in args.concurrency:
                     for path in args.paths:
                         await self.point(path, sim_ms, c, rep, "WARNING")
+            for rep in range(args.repeat):
+                for rate in args.rate:
+                    for path in args.open_paths:
+                        await self.point(path, sim_ms, 0, rep, "WARNING", rate)
+            if args.capacity:
+                await self.capacity(sim_ms)
             if sim_ms == 0 and not args.no_info_point and "healthy" in args.paths:
                 log("restarting the services at SB_LOG_LEVEL=INFO for one healthy c=64 point")
                 stack.stop(*reversed(SERVICES))
@@ -279,6 +319,30 @@ class Bench:
                 stack.stop(*reversed(SERVICES))
                 await stack.start_services("WARNING")
             stack.stop("simulator")
+
+    async def capacity(self, sim_ms: float) -> None:
+        """Raise the healthy path's open-loop rate until a point fails to hold it, then measure
+        the direct call and the healthy path at fractions of the last rate held."""
+        rate, held = self.args.capacity_start, None
+        while True:
+            p = await self.point("healthy", sim_ms, 0, 0, "WARNING", rate)
+            ok = (
+                p["errors"] <= MAX_ERROR_RATE * max(1, p["total"])
+                and p["send_lag_ms"].get("p99", 0.0) <= MAX_SEND_LAG_MS
+                and p["latency_growth_ms"] <= MAX_LATENCY_GROWTH_MS
+            )
+            p["capacity_search"] = "held" if ok else "not held"
+            if not ok:
+                break
+            held, rate = rate, round(rate * CAPACITY_STEP)
+        self.capacities[sim_ms] = held
+        log(f"sim {sim_ms:g} ms: open-loop capacity of the healthy path {held}/s (not held at {rate:g}/s)")
+        if held is None:
+            return
+        for rep in range(self.args.repeat):
+            for fraction in CAPACITY_FRACTIONS:
+                for path in self.args.open_paths:
+                    await self.point(path, sim_ms, 0, rep, "WARNING", round(held * fraction))
 
 
 def print_summary(doc: dict) -> None:
@@ -310,6 +374,15 @@ def print_summary(doc: dict) -> None:
             "over `direct-stream` at the same concurrency and simulator latency.\n"
         )
         print(report.streaming_table(rows) + "\n")
+    if any("offered_rate" in r for r in rows):
+        print("### Open loop (fixed arrival rate; latency from each invocation's due time)\n")
+        caps = {float(k): v for k, v in doc.get("capacity", {}).items()}
+        if caps:
+            found = ", ".join(
+                f"sim {k:g} ms: {v if v is not None else 'below the first rate'}/s" for k, v in caps.items()
+            )
+            print(f"Healthy-path capacity (highest rate held): {found}.\n")
+        print(report.open_loop_table(rows, caps) + "\n")
     print("### Where the time goes (ms; medians of each point's p50)\n")
     print(
         "`NATS + queueing` = client p50 - gateway p50 (transport, gateway queueing and reply); "
@@ -357,6 +430,8 @@ async def main(args: argparse.Namespace) -> int:
             "warmup": args.warmup,
             "repeat": args.repeat,
             "concurrency": args.concurrency,
+            "open_loop_rates": args.rate,
+            "capacity_search": args.capacity,
             "sim_latency_ms": args.latency,
             "paths": args.paths,
             "log_level": "WARNING (plus one healthy c=64 point at INFO)",
@@ -397,6 +472,7 @@ async def main(args: argparse.Namespace) -> int:
     doc.setdefault("codec_cost", {"orjson_us": None, "sdk_pydantic_us": None})
     doc.setdefault("peak_rss_mb", {})
     doc["points"] = bench.points if bench else []
+    doc["capacity"] = {str(k): v for k, v in bench.capacities.items()} if bench else {}
     doc["summary"] = report.summarize(doc["points"])
     doc["targets"] = [] if args.smoke else report.targets(doc["summary"], doc["peak_rss_mb"])
     args.out.mkdir(parents=True, exist_ok=True)

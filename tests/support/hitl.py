@@ -9,12 +9,11 @@ import contextlib
 
 import asyncpg
 import httpx
-import nats
 import orjson
 
 from shared import codec, names
 from shared.contracts import InvokeResult, ReviewerAdd, ReviewersReply
-from tests.support.stack import wait_for
+from tests.support.stack import operator_connect, wait_for
 
 REFUND = {"amount": 900}  # matches the example policy's pre rule `large-refund`
 LETTER = {"channel": "email"}  # matches its post rule `outbound-refund-letter`
@@ -43,7 +42,7 @@ def write_review_policy(stack, **queues: dict) -> None:
 
 async def add_reviewer(stack, name: str, *queues: str) -> str:
     """Issue a reviewer token the way `sbctl hitl reviewers add` does; returns the token."""
-    nc = await nats.connect(stack.infra.nats_url)
+    nc = await operator_connect(stack.infra.nats_url)
     try:
         msg = await nc.request(
             names.hitl(stack.env, "reviewers.add"),
@@ -123,7 +122,7 @@ class Results:
         self._nc = None
 
     async def start(self, stack) -> Results:
-        self._nc = await nats.connect(stack.infra.nats_url)
+        self._nc = await operator_connect(stack.infra.nats_url)
 
         async def on_msg(msg) -> None:
             self.seen.append(codec.decode(msg.data, InvokeResult))

@@ -3,16 +3,16 @@ does), and the official OpenAI client pointed at a running ingress."""
 
 from __future__ import annotations
 
-import nats
 import openai
 
 from shared import codec, names
 from shared.contracts import IngressKeyAdd, IngressKeysReply
+from tests.support.stack import operator_connect
 
 
 async def issue_key(stack, agent: str) -> str:
     """An API key acting as `agent`, issued the way `sbctl ingress keys add` does."""
-    nc = await nats.connect(stack.infra.nats_url)
+    nc = await operator_connect(stack.infra.nats_url)
     try:
         msg = await nc.request(
             names.ingress(stack.env, "keys.add"),

@@ -10,6 +10,8 @@ import os
 import sys
 from importlib import metadata
 
+from pydantic import ValidationError
+
 from shared import names
 from shared.contracts import PROBE_MAX_COUNT
 from shared.sbctl import (
@@ -285,4 +287,10 @@ def main(argv: list[str] | None = None) -> None:
         fail(exc.message, code=exc.code, as_json=args.json, exit_code=EXIT_UNAVAILABLE)
     except errors.SwitchboardError as exc:
         fail(exc.message, code=exc.code, as_json=args.json, exit_code=EXIT_FAILED)
+    except ValidationError as exc:  # an option the request's contract refuses (e.g. a reason too long)
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"]
+            for e in exc.errors(include_url=False)
+        )
+        fail(problems, code=errors.InvalidRequest.code, as_json=args.json, exit_code=EXIT_USAGE)
     raise SystemExit(code)

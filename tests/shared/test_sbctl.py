@@ -6,8 +6,10 @@ import json
 import shutil
 import time
 
+import redis.asyncio as aioredis
 import yaml
 
+from shared import keys
 from shared.policy import document_checksum, load_dir
 from tests.support.helpers import run_sbctl
 from tests.support.stack import wait_for
@@ -160,3 +162,21 @@ async def test_invalid_env_exits_2(stack):
     assert code == 2
     assert "invalid_env" in err
     assert out == ""
+
+
+async def test_an_option_the_contract_refuses_is_a_coded_usage_error_and_changes_nothing(stack):
+    reason = "x" * 201  # the block request's reason holds at most 200 characters
+    code, out, err = await run_sbctl(
+        stack.infra, "provider", "block", "openai-sim", "--reason", reason, "--env", stack.env, "--json"
+    )
+
+    assert code == 2, err
+    error = json.loads(out)["error"]
+    assert error["code"] == "invalid_request"
+    assert error["message"].startswith("reason: ") and "200" in error["message"]
+    assert "Traceback" not in err
+    r = aioredis.from_url(stack.infra.redis_url)
+    try:
+        assert await r.hgetall(keys.provider_blocks(stack.env)) == {}
+    finally:
+        await r.aclose()

@@ -1,30 +1,42 @@
 """The recorder's SQL: batched idempotent writes of events, and trace reads (bodies as stored,
 for the caller to decode as their event models).
 
-The tables are partitioned by environment and UTC day (migration 0004): every write first makes
+The tables are partitioned by environment and UTC day (migration 0004): a write first makes
 sure the day partitions it needs exist, outside the write's transaction so that the
-per-environment lock this takes is held only for that.
+per-environment lock this takes is held only for that. A recorder remembers the days from today
+on that it has made sure of (`Partitions`): retention never drops those, so each batch of a
+running recorder costs no partition check. A batch is one transaction of one statement per
+table, whatever its size: rows go in as arrays (`unnest`), not one statement execution per row.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 import orjson
 
 from shared.contracts import ConfigEvent, Event, InvocationEvent
 
-INSERT_EVENT = """
+INSERT_EVENTS = """
 insert into events (env, event_id, kind, ts, service, invocation_id, trace_id, body)
-values ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)
+select e.env, e.event_id, e.kind, e.ts, e.service, e.invocation_id, e.trace_id, e.body::jsonb
+from unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[],
+            $8::text[]) as e(env, event_id, kind, ts, service, invocation_id, trace_id, body)
 on conflict (env, event_id, ts) do nothing
 """
-UPSERT_INVOCATION = """
+UPSERT_INVOCATIONS = """
 insert into invocations (env, invocation_id, ts, workflow, session_id, agent, status, provider, model,
                          prompt_tokens, completion_tokens, latency_ms, error_code, trace_id,
                          config_version, body, cost_usd)
-values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16::jsonb, $17)
+select i.env, i.invocation_id, i.ts, i.workflow, i.session_id, i.agent, i.status, i.provider, i.model,
+       i.prompt_tokens, i.completion_tokens, i.latency_ms, i.error_code, i.trace_id, i.config_version,
+       i.body::jsonb, i.cost_usd
+from unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::text[],
+            $8::text[], $9::text[], $10::int[], $11::int[], $12::float8[], $13::text[], $14::text[],
+            $15::text[], $16::text[], $17::float8[])
+     as i(env, invocation_id, ts, workflow, session_id, agent, status, provider, model, prompt_tokens,
+          completion_tokens, latency_ms, error_code, trace_id, config_version, body, cost_usd)
 on conflict (env, invocation_id, ts) do update set
     status = excluded.status, provider = excluded.provider, model = excluded.model,
     prompt_tokens = excluded.prompt_tokens, completion_tokens = excluded.completion_tokens,
@@ -50,14 +62,35 @@ def _ts(value: float) -> datetime:
     return datetime.fromtimestamp(value, tz=UTC)
 
 
-async def write_batch(pool: asyncpg.Pool, events: list[Event]) -> None:
+class Partitions:
+    """The (environment, day) partitions a recorder has made sure of, from today on: retention
+    only drops whole days past a retention of at least one day, so these stay."""
+
+    def __init__(self) -> None:
+        self._ensured: set[tuple[str, date]] = set()
+
+    async def ensure(self, conn: asyncpg.Connection, days: set[tuple[str, date]]) -> None:
+        today = datetime.now(UTC).date()
+        for env, day in sorted(days - self._ensured):
+            await conn.execute("select audit_ensure_partitions($1, $2, $2)", env, day)
+            if day >= today:
+                self._ensured.add((env, day))
+
+
+def _columns(rows: list[tuple]) -> list[list]:
+    """Rows as one list per column: the arrays a batch statement unnests."""
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+async def write_batch(pool: asyncpg.Pool, events: list[Event], partitions: Partitions | None = None) -> None:
     """Write a batch of events in one transaction; replays of the same event are no-ops."""
-    event_rows, invocation_rows, config_rows = [], [], []
+    event_rows, invocation_rows, config_rows = {}, [], []
     for e in events:
         body = e.model_dump_json()  # every field, nulls included: one shape per kind
         ts = _ts(e.ts)
         invocation_id = getattr(e, "invocation_id", None)
-        event_rows.append((e.env, e.event_id, e.kind.value, ts, e.service, invocation_id, e.trace_id, body))
+        row = (e.env, e.event_id, e.kind.value, ts, e.service, invocation_id, e.trace_id, body)
+        event_rows.setdefault((e.env, e.event_id, ts), row)  # an event delivered twice in one batch
         if isinstance(e, InvocationEvent):
             invocation_rows.append(
                 (
@@ -96,12 +129,12 @@ async def write_batch(pool: asyncpg.Pool, events: list[Event]) -> None:
     for row in sorted(invocation_rows, key=lambda r: r[2]):
         newest[row[0], row[1]] = row
     invocation_rows = list(newest.values())
-    days = {(r[0], r[3].date()) for r in event_rows}
+    days = {(r[0], r[3].date()) for r in event_rows.values()}
     async with pool.acquire() as conn:
-        for env, day in sorted(days):
-            await conn.execute("select audit_ensure_partitions($1, $2, $2)", env, day)
+        await (partitions or Partitions()).ensure(conn, days)
         async with conn.transaction():
-            await conn.executemany(INSERT_EVENT, event_rows)
+            if event_rows:
+                await conn.execute(INSERT_EVENTS, *_columns(list(event_rows.values())))
             for env in {r[0] for r in invocation_rows}:
                 rows = [r for r in invocation_rows if r[0] == env]
                 stamps = [r[2] for r in rows]
@@ -109,7 +142,7 @@ async def write_batch(pool: asyncpg.Pool, events: list[Event]) -> None:
                     DELETE_SUPERSEDED, env, [r[1] for r in rows], stamps, min(stamps) - SUPERSEDE_WINDOW
                 )
             if invocation_rows:
-                await conn.executemany(UPSERT_INVOCATION, invocation_rows)
+                await conn.execute(UPSERT_INVOCATIONS, *_columns(invocation_rows))
             if config_rows:
                 await conn.executemany(INSERT_CONFIG, config_rows)
 

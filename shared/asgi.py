@@ -1,4 +1,5 @@
-"""Serving an ASGI application (a FastAPI API) inside a service process, on the service's loop.
+"""Serving an ASGI application (the reviewer API, the ingress's API) inside a service process, on
+the service's loop.
 
 uvicorn runs as a task beside the NATS handlers; the service owns the signals, and the exit
 stack stops the server (in-flight requests finish) before NATS and the pools close.

@@ -5,20 +5,25 @@ A request walks straight through: the API key names the agent; the body becomes 
 connection; the result becomes a `chat.completion`, or an error response built in one place
 (`outcomes`). `Idempotency-Key` (else `x-request-id`) is the invocation id, so a retry with
 the same key is answered from the first invocation; `X-Session-Id` is the session.
+
+A bare ASGI application on uvicorn: two routes, each reading the few headers it needs from the
+scope and answering with pre-encoded bytes. A framework's routing, middleware and request and
+response objects were a measured part of what the ingress adds to an invocation
+(docs/performance.md). Streams are Starlette's `StreamingResponse` (through FastAPI), which
+also stops reading the invocation when the client goes away.
 """
 
 from __future__ import annotations
 
-import contextlib
+import logging
+import secrets
 import time
-import uuid
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import orjson
-from fastapi import FastAPI, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import StreamingResponse
 from pydantic import TypeAdapter, ValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.ingress import openai_wire, outcomes
 from shared.contracts import Identifier, InvokeResult
@@ -28,114 +33,199 @@ from switchboard_sdk import errors
 if TYPE_CHECKING:
     from services.ingress.service import IngressService
 
-JSON = "application/json"
+log = logging.getLogger("switchboard.ingress")
+
 CHAT = "/v1/chat/completions"
 MODELS = "/v1/models"
 _ID = TypeAdapter(Identifier)
+# The request headers the API reads (ASGI gives them lower-cased, as bytes).
+_READ = {
+    b"authorization",
+    b"idempotency-key",
+    b"x-request-id",
+    b"x-session-id",
+    b"traceparent",
+    b"tracestate",
+}
+_JSON = (b"content-type", b"application/json")
+
+Headers = dict[str, str]
+Answer = tuple[int, bytes, list[tuple[bytes, bytes]]] | StreamingResponse
 
 
-def build(svc: IngressService) -> FastAPI:
-    app = FastAPI(
-        title="Switchboard ingress",
-        description="OpenAI-compatible chat completions; each request is a Switchboard invocation.",
-        version="1",
-        docs_url=None,
-        redoc_url=None,
-    )
+class Api:
+    """The ASGI application; `svc` sends the invocations and holds the keys and the policy."""
 
-    async def chat_completions(request: Request) -> Response:
-        started = request.state.started = time.perf_counter()
-        agent = await svc.keys.agent_of(_bearer(request))
-        body = _parse(await request.body(), svc.settings.max_payload_bytes)
+    def __init__(self, svc: IngressService) -> None:
+        self.svc = svc
+        self.routes: dict[str, tuple[str, Callable[..., Awaitable[Answer]]]] = {
+            CHAT: ("POST", self.chat_completions),
+            MODELS: ("GET", self.models),
+        }
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":  # no lifespan (the service starts and stops it), no websockets
+            return
+        started = time.perf_counter()
+        path, method = scope["path"], scope["method"]
+        headers = {k.decode(): v.decode("latin-1") for k, v in scope["headers"] if k in _READ}
+        route = self.routes.get(path)
+        if route is None or route[0] != method:  # not counted: any path
+            await _send(send, *_not_routed(path, method, route))
+            return
         try:
-            invoke = openai_wire.to_invoke(body, _invocation_id(request), agent, _session(request))
+            answer = await route[1](headers, receive, started)
+        except errors.SwitchboardError as exc:
+            answer = _error(path, started, headers, exc)
+        except _ClientGone:
+            return
+        except Exception:
+            log.exception("request failed: %s %s", method, path)
+            answer = _error(path, started, headers, errors.SwitchboardError("internal error"))
+        if isinstance(answer, StreamingResponse):
+            await answer(scope, receive, send)
+        else:
+            await _send(send, *answer)
+
+    async def chat_completions(self, headers: Headers, receive, started: float) -> Answer:
+        svc = self.svc
+        agent = await svc.keys.agent_of(_bearer(headers))
+        body = _parse(await _body(receive), svc.settings.max_payload_bytes)
+        try:
+            invoke = openai_wire.to_invoke(body, _invocation_id(headers), agent, _session(headers))
         except ValidationError as exc:
             raise _from_validation(exc) from exc
         if body.stream:
-            return await _stream(svc, request, invoke, body, started)
-        result = await svc.invoke(invoke, request.headers)
-        refused = outcomes.refusal(result)
-        status, answer, headers = refused or (200, openai_wire.completion(result), {})
-        return _respond(CHAT, started, status, answer, headers, result.invocation_id)
+            return await self._stream(invoke, headers, body, started)
+        reply = await svc.invoke(invoke, headers)
+        doc = orjson.loads(reply)
+        if doc.get("status") in openai_wire.ANSWERED:
+            answer = orjson.dumps(openai_wire.completion(doc))
+            return _respond(CHAT, started, 200, answer, [], invoke.invocation_id)
+        result = openai_wire.result(reply)  # a refusal: read in full, as the SDK reads it
+        status, answer, extra = outcomes.refusal(result)
+        return _respond(CHAT, started, status, orjson.dumps(answer), _raw(extra), result.invocation_id)
 
-    async def models(request: Request) -> Response:
-        started = request.state.started = time.perf_counter()
-        agent = await svc.keys.agent_of(_bearer(request))
-        return _respond(MODELS, started, 200, openai_wire.models(svc.workflows_for(agent), svc.created), {})
+    async def models(self, headers: Headers, receive, started: float) -> Answer:
+        agent = await self.svc.keys.agent_of(_bearer(headers))
+        listed = openai_wire.models(self.svc.workflows_for(agent), self.svc.created)
+        return _respond(MODELS, started, 200, orjson.dumps(listed), [])
 
-    # Plain Starlette routes: each handler reads its request itself, so FastAPI's per-request
-    # dependency and validation machinery would be pure cost on the hot path.
-    app.add_route(CHAT, chat_completions, methods=["POST"])
-    app.add_route(MODELS, models, methods=["GET"])
+    async def _stream(
+        self, invoke, headers: Headers, body: openai_wire.ChatCompletionRequest, started: float
+    ) -> Answer:
+        """Server-sent events once the first chunk is there; an invocation refused before it
+        (budget, pause, a workflow that does not stream, every tier failed) is the plain error
+        response."""
+        messages = self.svc.stream(invoke, headers)
+        try:
+            first = await anext(messages)
+        except BaseException:
+            await messages.aclose()
+            raise
+        if isinstance(first, InvokeResult) and (refused := outcomes.refusal(first)) is not None:
+            await messages.aclose()
+            status, answer, extra = refused
+            return _respond(CHAT, started, status, orjson.dumps(answer), _raw(extra), first.invocation_id)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
-    @app.exception_handler(errors.SwitchboardError)
-    async def _coded(request: Request, exc: errors.SwitchboardError) -> Response:
-        param = exc.details[0].get("param") if exc.details else None
-        status, body, headers = outcomes.error_body(exc, param=param)
-        started = getattr(request.state, "started", time.perf_counter())
-        invocation_id = request.headers.get("idempotency-key") or request.headers.get("x-request-id")
-        return _respond(request.url.path, started, status, body, headers, invocation_id)
+        async def events():
+            try:
+                async for event in openai_wire.events(first, messages, include_usage):
+                    yield event
+            finally:
+                await messages.aclose()
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> Response:
-        """A fault of our own: still an OpenAI error object (the traceback goes to the log)."""
-        return await _coded(request, errors.SwitchboardError(f"internal error: {type(exc).__name__}"))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        """An unknown route or method, in OpenAI's error shape too (not counted: any path)."""
-        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        error = {"message": f"{request.method} {request.url.path}: {exc.detail}", "type": kind}
-        body = {"error": {**error, "code": None, "param": None}}
-        return Response(orjson.dumps(body), status_code=exc.status_code, media_type=JSON)
-
-    return app
+        _count(CHAT, 200, started)  # timed to the first chunk
+        sent = {"x-request-id": invoke.invocation_id, "cache-control": "no-cache"}
+        return StreamingResponse(events(), media_type="text/event-stream", headers=sent)
 
 
-async def _stream(
-    svc: IngressService, request: Request, invoke, body: openai_wire.ChatCompletionRequest, started: float
-) -> Response:
-    """Server-sent events once the first chunk is there; an invocation refused before it (budget,
-    pause, a workflow that does not stream, every tier failed) is the plain error response."""
-    messages = svc.stream(invoke, request.headers)
-    try:
-        first = await anext(messages)
-    except BaseException:
-        await messages.aclose()
-        raise
-    if isinstance(first, InvokeResult) and (refused := outcomes.refusal(first)) is not None:
-        await messages.aclose()
-        return _respond(CHAT, started, *refused, first.invocation_id)
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+class _ClientGone(Exception):
+    """The client went away before its request was read: nothing to answer."""
 
-    async def events():
-        async with contextlib.aclosing(messages):
-            async for event in openai_wire.events(first, messages, include_usage):
-                yield event
 
-    metrics.INGRESS_REQUESTS.labels(CHAT, "200").inc()
-    metrics.INGRESS_LATENCY.labels(CHAT).observe(time.perf_counter() - started)  # to the first chunk
-    headers = {"x-request-id": invoke.invocation_id, "cache-control": "no-cache"}
-    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+async def _body(receive) -> bytes:
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise _ClientGone
+    body = message.get("body", b"")
+    if not message.get("more_body"):
+        return body
+    parts = [body]
+    while message.get("more_body"):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        parts.append(message.get("body", b""))
+    return b"".join(parts)
+
+
+async def _send(send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    headers.append(_JSON)
+    headers.append((b"content-length", b"%d" % len(body)))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+# (route, status) -> the metric children: labels() takes a lock and builds a key on every call
+_COUNTED: dict[tuple[str, int], tuple] = {}
+
+
+def _count(route: str, status: int, started: float) -> None:
+    children = _COUNTED.get((route, status))
+    if children is None:
+        children = _COUNTED[(route, status)] = (
+            metrics.INGRESS_REQUESTS.labels(route, str(status)),
+            metrics.INGRESS_LATENCY.labels(route),
+        )
+    children[0].inc()
+    children[1].observe(time.perf_counter() - started)
 
 
 def _respond(
-    route: str, started: float, status: int, body: dict, headers: dict, invocation_id: str | None = None
-) -> Response:
-    """The one place a response is made: counted, timed, and tagged with the invocation id."""
-    metrics.INGRESS_REQUESTS.labels(route, str(status)).inc()
-    metrics.INGRESS_LATENCY.labels(route).observe(time.perf_counter() - started)
+    route: str,
+    started: float,
+    status: int,
+    body: bytes,
+    headers: list[tuple[bytes, bytes]],
+    invocation_id: str | None = None,
+) -> Answer:
+    """The one place an answer is made: counted, timed, and tagged with the invocation id."""
+    _count(route, status, started)
     if invocation_id:
-        headers = {**headers, "x-request-id": invocation_id}
-    return Response(orjson.dumps(body), status_code=status, media_type=JSON, headers=headers)
+        headers.append((b"x-request-id", invocation_id.encode()))
+    return status, body, headers
+
+
+def _raw(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.encode(), v.encode()) for k, v in headers.items()]
+
+
+def _error(route: str, started: float, headers: Headers, exc: errors.SwitchboardError) -> Answer:
+    param = exc.details[0].get("param") if exc.details else None
+    status, body, extra = outcomes.error_body(exc, param=param)
+    invocation_id = headers.get("idempotency-key") or headers.get("x-request-id")
+    return _respond(route, started, status, orjson.dumps(body), _raw(extra), invocation_id)
+
+
+def _not_routed(path: str, method: str, route) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """An unknown route or method, in OpenAI's error shape too."""
+    if route is None:
+        status, kind, detail, headers = 404, "not_found_error", "Not Found", []
+    else:
+        status, kind, detail = 405, "invalid_request_error", "Method Not Allowed"
+        headers = [(b"allow", route[0].encode())]
+    error = {"message": f"{method} {path}: {detail}", "type": kind, "code": None, "param": None}
+    return status, orjson.dumps({"error": error}), headers
 
 
 def _invalid(param: str, message: str) -> errors.InvalidRequest:
     return errors.InvalidRequest(message, details=[{"param": param}])
 
 
-def _bearer(request: Request) -> str:
-    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+def _bearer(headers: Headers) -> str:
+    scheme, _, key = headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise errors.Unauthorized("no API key: send `Authorization: Bearer <key>`")
     return key.strip()
@@ -156,18 +246,18 @@ def _from_validation(exc: ValidationError) -> errors.InvalidRequest:
     return errors.InvalidRequest(f"{param or 'body'}: {first['msg']}", details=[{"param": param}])
 
 
-def _invocation_id(request: Request) -> str:
-    given = request.headers.get("idempotency-key") or request.headers.get("x-request-id")
+def _invocation_id(headers: Headers) -> str:
+    given = headers.get("idempotency-key") or headers.get("x-request-id")
     if given is None:
-        return uuid.uuid4().hex
+        return secrets.token_hex(16)
     try:
         return _ID.validate_python(given)
     except ValidationError:
         raise _invalid("Idempotency-Key", "an idempotency key is 1-128 of A-Z a-z 0-9 . _ : -") from None
 
 
-def _session(request: Request) -> str | None:
-    session = request.headers.get("x-session-id")
+def _session(headers: Headers) -> str | None:
+    session = headers.get("x-session-id")
     if session is None:
         return None
     try:

@@ -15,9 +15,12 @@ from typing import Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.contracts import InvokeRequest, InvokeResult, Message, MetadataInput, Status, StreamChunk
+from shared import codec
+from shared.contracts import InvokeRequest, InvokeResult, MetadataInput, Status, StreamChunk
 from switchboard_sdk import errors
 
+# The statuses of an invocation that answered (anything else is an error response).
+ANSWERED = (Status.SUCCESS.value, Status.FALLBACK.value)
 # OpenAI's newer system role; Switchboard (and every provider it speaks) calls it `system`.
 _ROLES = {"developer": "system"}
 
@@ -60,54 +63,65 @@ class ChatCompletionRequest(_Strict):
 def to_invoke(
     body: ChatCompletionRequest, invocation_id: str, agent: str, session_id: str | None
 ) -> InvokeRequest:
-    """The Switchboard invocation of an OpenAI request (validated: raises pydantic's error)."""
+    """The Switchboard invocation of an OpenAI request (validated: raises pydantic's error, its
+    location named as in the OpenAI request)."""
     metadata: dict = dict(body.metadata or {})
     if body.user is not None:
         metadata["user"] = body.user
     stop = [body.stop] if isinstance(body.stop, str) else body.stop
-    return InvokeRequest(
-        invocation_id=invocation_id,
-        workflow=body.model,
-        session_id=session_id,
-        agent=agent,
-        messages=[
-            Message(
-                role=_ROLES.get(m.role, m.role),
-                content=m.content if isinstance(m.content, str) else "".join(p.text for p in m.content),
-                name=m.name,
-            )
-            for m in body.messages
-        ],
-        max_tokens=body.max_completion_tokens or body.max_tokens,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        stop=stop,
-        metadata=metadata,
-        stream=True if body.stream else None,
+    return InvokeRequest.model_validate(
+        {
+            "invocation_id": invocation_id,
+            "workflow": body.model,
+            "session_id": session_id,
+            "agent": agent,
+            "messages": [
+                {
+                    "role": _ROLES.get(m.role, m.role),
+                    "content": m.content
+                    if isinstance(m.content, str)
+                    else "".join(p.text for p in m.content),
+                    "name": m.name,
+                }
+                for m in body.messages
+            ],
+            "max_tokens": body.max_completion_tokens or body.max_tokens,
+            "temperature": body.temperature,
+            "top_p": body.top_p,
+            "stop": stop,
+            "metadata": metadata,
+            "stream": True if body.stream else None,
+        }
     )
 
 
-def completion(result: InvokeResult) -> dict:
-    """A `chat.completion` object; `model` is the model that answered, and `switchboard` says
-    what Switchboard did (status, provider, attempts, trace and policy version)."""
-    usage = result.usage
+def result(reply: bytes) -> InvokeResult:
+    return codec.decode(reply, InvokeResult)
+
+
+def completion(result: dict) -> dict:
+    """A `chat.completion` object of an answered invocation's result (as JSON: the answer is
+    read once, with orjson); `model` is the model that answered, and `switchboard` says what
+    Switchboard did (status, provider, attempts, trace and policy version)."""
+    usage = result.get("usage") or {}
+    prompt, completion_tokens = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
     return {
-        "id": f"chatcmpl-{result.invocation_id}",
+        "id": f"chatcmpl-{result['invocation_id']}",
         "object": "chat.completion",
         "created": int(time.time()),
-        "model": result.model,
+        "model": result.get("model"),
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": result.output or ""},
-                "finish_reason": result.finish_reason or "stop",
+                "message": {"role": "assistant", "content": result.get("output") or ""},
+                "finish_reason": result.get("finish_reason") or "stop",
                 "logprobs": None,
             }
         ],
         "usage": {
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+            "prompt_tokens": prompt,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt + completion_tokens,
         },
         "switchboard": switchboard_block(result),
     }
@@ -148,7 +162,8 @@ async def events(
         "total_tokens": result.usage.prompt_tokens + result.usage.completion_tokens,
     }
     base["model"] = result.model
-    yield chunk({}, result.finish_reason or "stop", usage=usage, switchboard=switchboard_block(result))
+    block = switchboard_block(result.model_dump(mode="json"))
+    yield chunk({}, result.finish_reason or "stop", usage=usage, switchboard=block)
     if include_usage:
         yield _event({**base, "choices": [], "usage": usage})
     yield b"data: [DONE]\n\n"
@@ -162,19 +177,19 @@ def _error(code: str, message: str) -> dict:
     return {"message": message, "type": "api_error", "code": code, "param": None}
 
 
-def switchboard_block(result: InvokeResult) -> dict:
+def switchboard_block(result: dict) -> dict:
     block = {
-        "invocation_id": result.invocation_id,
-        "workflow": result.workflow,
-        "status": result.status.value,
-        "provider": result.provider,
-        "model": result.model,
-        "attempts": len(result.attempts),
-        "trace_id": result.trace_id,
-        "config_version": result.config_version,
+        "invocation_id": result["invocation_id"],
+        "workflow": result.get("workflow"),
+        "status": result["status"],
+        "provider": result.get("provider"),
+        "model": result.get("model"),
+        "attempts": len(result.get("attempts") or ()),
+        "trace_id": result.get("trace_id"),
+        "config_version": result.get("config_version"),
     }
-    if result.review_id:
-        block["review_id"] = result.review_id
+    if result.get("review_id"):
+        block["review_id"] = result["review_id"]
     return block
 
 

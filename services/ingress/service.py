@@ -60,39 +60,40 @@ class IngressService(Service):
         }
         for op, (model, handler) in handlers.items():
             await self.bus.serve(names.ingress(env, op), names.INGRESS_QUEUE, model, handler, _error_reply)
-        self.api_port = await asgi.serve(
-            api.build(self), self.settings.http_host, self.settings.api_port, stack
-        )
+        settings = self.settings
+        self.api_port = await asgi.serve(api.Api(self), settings.http_host, settings.api_port, stack)
 
     def health_details(self) -> dict:
         return {"api_port": getattr(self, "api_port", None)}
 
     # --- the request path -------------------------------------------------------------
 
-    async def invoke(self, req: InvokeRequest, http_headers: Mapping[str, str]) -> InvokeResult:
-        """Send the invocation on the agent's own subject and wait for the gateway's answer."""
+    async def invoke(self, req: InvokeRequest, http_headers: Mapping[str, str]) -> bytes:
+        """Send the invocation on the agent's own subject; the gateway's answer, as it came."""
         subject = self._subject(req)
+        if not tracing.exporting():  # the caller's trace context (if any) goes on as it came
+            return await self._request(subject, req, _trace_headers(http_headers))
         with _tracer.start_as_current_span(
             "POST /v1/chat/completions",
             context=tracing.extract(dict(http_headers)),
             kind=SpanKind.SERVER,
             attributes={"switchboard.invocation_id": req.invocation_id},
         ):
-            try:
-                msg = await self.bus.nc.request(
-                    subject,
-                    codec.encode(req),
-                    timeout=self.settings.invoke_timeout_s,
-                    headers=tracing.inject({}) or None,
-                )
-            except NoRespondersError as exc:
-                raise errors.ControlPlaneUnavailable("no gateway is serving this environment") from exc
-            except NatsTimeout as exc:
-                raise errors.Timeout(
-                    f"no answer from the gateway within {self.settings.invoke_timeout_s:g}s; "
-                    "repeat the request with the same Idempotency-Key"
-                ) from exc
-        return codec.decode(msg.data, InvokeResult)
+            return await self._request(subject, req, tracing.inject({}))
+
+    async def _request(self, subject: str, req: InvokeRequest, headers: dict[str, str]) -> bytes:
+        try:
+            msg = await self.bus.nc.request(
+                subject, codec.encode(req), timeout=self.settings.invoke_timeout_s, headers=headers or None
+            )
+        except NoRespondersError as exc:
+            raise errors.ControlPlaneUnavailable("no gateway is serving this environment") from exc
+        except NatsTimeout as exc:
+            raise errors.Timeout(
+                f"no answer from the gateway within {self.settings.invoke_timeout_s:g}s; "
+                "repeat the request with the same Idempotency-Key"
+            ) from exc
+        return msg.data
 
     async def stream(
         self, req: InvokeRequest, http_headers: Mapping[str, str]
@@ -100,13 +101,16 @@ class IngressService(Service):
         """Send a streamed invocation on the agent's own subject: its chunks, then its final
         result (`read_stream`, the SDK's wire half); close it to stop listening."""
         subject = self._subject(req)
-        with _tracer.start_as_current_span(
-            "POST /v1/chat/completions",
-            context=tracing.extract(dict(http_headers)),
-            kind=SpanKind.SERVER,
-            attributes={"switchboard.invocation_id": req.invocation_id, "switchboard.stream": True},
-        ):
-            headers = tracing.inject({})
+        if not tracing.exporting():
+            headers = _trace_headers(http_headers)
+        else:
+            with _tracer.start_as_current_span(
+                "POST /v1/chat/completions",
+                context=tracing.extract(dict(http_headers)),
+                kind=SpanKind.SERVER,
+                attributes={"switchboard.invocation_id": req.invocation_id, "switchboard.stream": True},
+            ):
+                headers = tracing.inject({})
         got_result = False
         async with contextlib.aclosing(
             read_stream(self.bus.nc, subject, req, self.settings.invoke_timeout_s, headers)
@@ -142,6 +146,10 @@ class IngressService(Service):
 
     async def list_keys(self, req: IngressKeyList, _msg) -> IngressKeysReply:
         return IngressKeysReply(keys=await self.keys.list(req.include_revoked))
+
+
+def _trace_headers(http_headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: http_headers[k] for k in ("traceparent", "tracestate") if k in http_headers}
 
 
 def _error_reply(exc: errors.SwitchboardError, _raw: bytes) -> IngressKeysReply:

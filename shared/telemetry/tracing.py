@@ -28,14 +28,15 @@ from pydantic import BaseModel
 
 _propagator = TraceContextTextMapPropagator()
 _installed = False
+_exporting = False
 
 
 def setup_tracing(service: str, env: str) -> None:
     """Install the process-wide tracer provider once."""
-    global _installed
+    global _installed, _exporting
     if _installed:
         return
-    exporting = bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    exporting = _exporting = bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
     provider = TracerProvider(
         resource=resource(service, env), sampler=None if exporting else ParentBased(ALWAYS_OFF)
     )
@@ -54,6 +55,12 @@ def resource(service: str, env: str) -> Resource:
     if Resource.create({}).attributes.get("service.name", "").startswith("unknown_service"):
         attributes["service.name"] = f"switchboard-{service}"
     return Resource.create(attributes)
+
+
+def exporting() -> bool:
+    """Whether spans are recorded and exported (a collector is configured). Without one, a hop
+    that only passes the caller's context on may skip its own unrecorded span."""
+    return _exporting
 
 
 def tracer(name: str) -> trace.Tracer:

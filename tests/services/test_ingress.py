@@ -89,6 +89,14 @@ async def test_a_call_is_the_keys_agents_invocation_of_the_workflow(running, cli
     assert event["message_count"] == 2
 
 
+async def test_the_callers_trace_context_goes_on_to_the_invocation(running, clients):
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    reply = await clients(port(running), await issue_key(running, "triage-bot")).chat.completions.create(
+        model=WF, messages=HELLO, extra_headers={"traceparent": f"00-{trace_id}-b7ad6b7169203331-01"}
+    )
+    assert reply.model_extra["switchboard"]["trace_id"] == trace_id
+
+
 async def test_models_are_the_workflows_the_agent_may_use(running, clients):
     policy = running.policy()
     policy["agents"] = {"triage-bot": {"workflows": [WF]}}
@@ -273,6 +281,9 @@ async def test_a_call_without_a_valid_key_is_401_and_reaches_nothing(running, cl
         assert response.status_code == 401 and response.json()["error"]["type"] == "authentication_error"
         response = await http.get("/v1/embeddings")
         assert response.status_code == 404 and response.json()["error"]["type"] == "not_found_error"
+        response = await http.get("/v1/chat/completions")
+        assert (response.status_code, response.headers["allow"]) == (405, "POST")
+        assert response.json()["error"]["type"] == "invalid_request_error"
     assert await sim_total(running) == before
 
 

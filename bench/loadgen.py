@@ -10,8 +10,9 @@ the earlier ones are doing (any number in flight), and its latency counts from w
 due, not from when it was sent, so a stall in the system or in the generator shows up in the
 latencies instead of silently lowering the offered load (coordinated omission).
 
-Targets: `http` (aiohttp, one pooled session per URL: a direct call to the simulator or a call
-through LiteLLM) and `nats` (raw nats-py request/reply to the gateway; the InvokeRequest JSON
+Targets: `http` (a keep-alive HTTP/1.1 connection per worker, requests written as prepared
+bytes and responses read with httptools: a direct call to the simulator, a call through the
+ingress or through LiteLLM) and `nats` (raw nats-py request/reply to the gateway; the InvokeRequest JSON
 is built with orjson, a unique invocation id each, and the reply read with orjson: see
 `codec_cost`, which measures what the SDK's pydantic path would cost instead). A target with
 `stream: true` asks for a streamed answer (server-sent events over HTTP; chunks then the final
@@ -27,8 +28,9 @@ import sys
 import time
 import uuid
 from collections import Counter
+from urllib.parse import SplitResult, urlsplit
 
-import aiohttp
+import httptools
 import nats
 import orjson
 
@@ -58,59 +60,120 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     }
 
 
+def http_request(url: SplitResult, headers: dict[str, str], body: bytes) -> bytes:
+    """An HTTP/1.1 POST as the bytes sent for every call of a target (its body never changes)."""
+    lines = [f"POST {url.path} HTTP/1.1", f"Host: {url.netloc}", f"Content-Length: {len(body)}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+class HttpConnection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection: the request written as prepared bytes, the response
+    read by httptools (the C parser uvicorn uses). The HTTP counterpart of the raw nats-py
+    request of the NATS paths, so that neither side pays for a client library's request and
+    response objects (aiohttp's client costs about twice nats-py's CPU per call)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.waiter: asyncio.Future | None = None
+        self.body: list[bytes] = []
+        self.first: float | None = None
+        self.stream = False
+        self.status, self.keep_alive = 0, True
+
+    async def call(self, request: bytes, stream: bool) -> tuple[int, bytes, float | None]:
+        """(status, body, when the first body bytes came); a new connection when the last one
+        was closed or asked to close."""
+        loop = asyncio.get_running_loop()
+        if self.transport is None or self.transport.is_closing():
+            await loop.create_connection(lambda: self, self.host, self.port)
+        self.waiter, self.body, self.first, self.stream = loop.create_future(), [], None, stream
+        self.transport.write(request)
+        try:
+            await asyncio.wait_for(self.waiter, REQUEST_TIMEOUT_S)
+        except BaseException:
+            self.close()
+            raise
+        if not self.keep_alive:
+            self.close()
+        return self.status, b"".join(self.body), self.first
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+        self.parser = httptools.HttpResponseParser(self)
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.parser = httptools.HttpResponseParser(self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._fail(exc or ConnectionResetError("the server closed the connection"))
+
+    def on_headers_complete(self) -> None:
+        self.status, self.keep_alive = self.parser.get_status_code(), self.parser.should_keep_alive()
+
+    def on_body(self, body: bytes) -> None:
+        if self.stream and self.first is None:
+            self.first = time.perf_counter()
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(exc)
+
+
 class Generator:
     def __init__(self) -> None:
-        self.sessions: dict[str, aiohttp.ClientSession] = {}
+        self.connections: list[HttpConnection] = []
         self.nc = None
         self.ids = itertools.count()
         self.id_prefix = f"bench-{uuid.uuid4().hex[:8]}-"
 
     async def close(self) -> None:
-        for session in self.sessions.values():
-            await session.close()
+        for conn in self.connections:
+            conn.close()
         if self.nc is not None:
             await self.nc.close()
 
-    @staticmethod
-    def _sse_call(session: aiohttp.ClientSession, url: str, headers: dict, body: bytes, first_chunk: list):
-        """A streamed HTTP call: the time to the first `data:` event, then the rest read; the
-        outcome is the status, and `/done` once `data: [DONE]` (or Anthropic's message_stop) came."""
+    async def _http_call(self, target: dict, first_chunk: list[float]):
+        """A call on a keep-alive connection of the worker's own (`HttpConnection`); with
+        `stream`, the time to the first `data:` event too, and the outcome is the status and
+        `/done` once the last event was `data: [DONE]` (or Anthropic's message_stop)."""
+        url = urlsplit(target["url"])
+        host, port = url.hostname, url.port or 80
+        request = http_request(url, target["headers"], target["body"].encode())
+        by_model, stream = target.get("by_model", False), target.get("stream", False)
+        conn = HttpConnection(host, port)
+        self.connections.append(conn)
         clock = time.perf_counter
 
         async def call() -> str:
-            t0, first, done = clock(), None, False
-            async with session.post(url, data=body, headers=headers) as response:
-                async for line in response.content:
-                    if line.startswith(b"data:"):
-                        if first is None:
-                            first = clock()
-                        done = b"[DONE]" in line or b'"message_stop"' in line
+            t0 = clock()
+            status, body, first = await conn.call(request, stream)
+            if not stream:
+                if by_model and status == 200:
+                    return f"200/{orjson.loads(body).get('model')}"
+                return str(status)
+            last = body.rstrip().rpartition(b"\n")[2]
+            done = last.startswith(b"data:") and (b"[DONE]" in last or b'"message_stop"' in last)
             if first is not None and done:
                 first_chunk.append((first - t0) * 1000)
-            return f"{response.status}/done" if done else str(response.status)
-
-        return call
-
-    async def _http_call(self, target: dict, first_chunk: list[float]):
-        session = self.sessions.get(target["url"])
-        if session is None:
-            connector = aiohttp.TCPConnector(limit=0, force_close=False)
-            timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
-            session = self.sessions[target["url"]] = aiohttp.ClientSession(
-                connector=connector, timeout=timeout
-            )
-        url, headers = target["url"], target["headers"]
-        body = target["body"].encode()
-        by_model = target.get("by_model", False)
-        if target.get("stream"):
-            return self._sse_call(session, url, headers, body, first_chunk)
-
-        async def call() -> str:
-            async with session.post(url, data=body, headers=headers) as response:
-                data = await response.read()
-            if by_model and response.status == 200:
-                return f"200/{orjson.loads(data).get('model')}"
-            return str(response.status)
+            return f"{status}/done" if done else str(status)
 
         return call
 

@@ -354,7 +354,8 @@ def print_summary(doc: dict) -> None:
         f"{s['duration']:g} s per point after {s['warmup']:g} s warm-up, median of {s['repeat']} "
         f"repeat(s). Workflow {WORKFLOW}. Services run at SB_LOG_LEVEL=WARNING (the per-invocation "
         "INFO log line off) except rows marked (log INFO). Load generator: a separate process "
-        "(aiohttp for HTTP, raw nats-py + orjson for Switchboard); `+p50/+p99` = latency added over "
+        "(keep-alive HTTP/1.1 with httptools for HTTP, raw nats-py + orjson for NATS); `+p50/+p99` = "
+        "latency added over "
         "the direct call at the same concurrency and simulator latency; `other busy %` = machine CPU "
         "used by processes outside the benchmark during the point (noise).\n"
     )

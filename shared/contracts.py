@@ -49,20 +49,13 @@ from switchboard_sdk.contracts import (  # noqa: F401  (re-exported: the one pla
 )
 from switchboard_sdk.nats_auth import AGENT_PATTERN
 
-# A drill's own invocations carry this metadata key naming a provider: the router skips that
-# provider for them alone (source "drill"), so live traffic is untouched and nothing is left
+# A drill's own invocations carry this metadata key naming a provider: the gateway's plan skips
+# that provider for them alone (source "drill"), so live traffic is untouched and nothing is left
 # behind when a drill dies.
 DRILL_AVOID_METADATA = "switchboard.drill.avoid_provider"
 
 
-# --- gateway <-> router ---------------------------------------------------------------
-
-
-class PlanRequest(Strict):
-    invocation_id: str
-    workflow: str
-    metadata: dict[str, MetadataValue] = Field(default_factory=dict)
-    start_tier: int = Field(default=0, ge=0)  # ask again from here after a tier failed
+# --- plans (gateway) and provider outcomes (gateway -> router) ------------------------
 
 
 class PlannedTier(Open):
@@ -78,19 +71,18 @@ class SkippedTier(Open):
     provider: str
     model: str
     reason: str
-    source: str | None = None  # blocked | cooldown | circuit_open | local_quota
+    source: str | None = None  # blocked | cooldown | circuit_open | local_quota | drill
 
 
 class Plan(Open):
-    """Tiers to try now, in order (the router acquires one at a time: quotas are debited per
-    call); `next_tier` is where to ask again if they all fail, None when the chain is done."""
+    """Tiers to try now, in order (one is acquired at a time: quotas are debited per call);
+    `next_tier` is where to plan again if they all fail, None when the chain is done."""
 
     workflow: str
     config_version: str
     tiers: list[PlannedTier]
     skipped: list[SkippedTier] = Field(default_factory=list)
     next_tier: int | None = None
-    error: ErrorInfo | None = None
 
 
 class TierOutcome(Strict):

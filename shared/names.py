@@ -52,10 +52,6 @@ def events_wildcard(env: str) -> str:
     return f"sb.{env}.events.>"
 
 
-def router_plan(env: str) -> str:
-    return f"sb.{env}.router.plan"
-
-
 def router_outcome(env: str) -> str:
     return f"sb.{env}.router.outcome"
 

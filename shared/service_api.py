@@ -43,7 +43,7 @@ class Endpoint:
 
 
 def endpoint_name(subject: str) -> str:
-    """`sb.<env>.router.plan` -> `router-plan`; wildcards dropped (`sb.<env>.invoke.*` -> `invoke`)."""
+    """`sb.<env>.router.status` -> `router-status`; wildcards dropped (`sb.<env>.invoke.*` -> `invoke`)."""
     return "-".join(token for token in subject.split(".")[2:] if token not in ("*", ">"))
 
 

@@ -73,10 +73,6 @@ class BudgetUnavailable(Unavailable):
     code = "budget_unavailable"
 
 
-class RouterUnavailable(Unavailable):
-    code = "router_unavailable"
-
-
 class ReviewUnavailable(Unavailable):
     """A gated invocation could not be stored for review: refused, never let through unreviewed."""
 

@@ -3,8 +3,8 @@ gate, plan, call the tiers, post review gate; then (in the service) store, reply
 A review gate is one step: it stores the review and answers `pending_review`; the decision comes
 back as a resume, which runs the rest of the steps for that invocation.
 
-The reservation is decided before the router is asked: the router debits a provider's
-per-minute quota when it hands out a tier, so a call the budget refuses must never reach it."""
+The reservation is decided before the plan: planning debits a provider's per-minute quota when
+it hands out a tier, so a call the budget refuses must never take one."""
 
 from __future__ import annotations
 
@@ -17,14 +17,13 @@ from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
-from redis.exceptions import RedisError
 
 from services.gateway import access_log
 from services.gateway.admission import admit
 from services.gateway.gates import Facts, Match
 from services.gateway.idempotency import Replay
 from services.gateway.streaming import StreamRelay
-from shared import names, pricing, provider_state, tokens
+from shared import names, pricing, tokens
 from shared.contracts import (
     Attempt,
     AttemptEvent,
@@ -40,7 +39,6 @@ from shared.contracts import (
     OpenReview,
     Plan,
     PlannedTier,
-    PlanRequest,
     Reservation,
     ReserveRequest,
     ResumeRequest,
@@ -144,9 +142,8 @@ class Invocation:
             await self._forget()
             self.result = self._result(Status.REJECTED, error=errors.to_wire(exc))
         except errors.SwitchboardError as exc:
-            # Refused by a dependency (the budget unavailable and the workflow fail_closed, a router
-            # error, the review store down): answered and recorded like any invocation, and
-            # retryable by its id.
+            # Refused by a dependency (the budget unavailable and the workflow fail_closed, the
+            # review store down): answered and recorded like any invocation, and retryable by its id.
             await self._forget()
             self.result = self.failed(exc)
         except BaseException:
@@ -194,7 +191,7 @@ class Invocation:
         admit(self.gw.switches.current, self.req)  # an operator's stop switch raises Paused
 
     async def reserve(self) -> None:
-        """The budget decides first: a refused call never reaches the router (nor a reviewer)."""
+        """The budget decides first: a refused call takes no quota (nor a reviewer's time)."""
         req = self.req
         self.estimate = self._estimate()
         reservation = await self._reserve()
@@ -210,7 +207,7 @@ class Invocation:
         )
 
     async def plan(self) -> None:
-        """The router's plan; asked after the pre gate, as it debits quota when it hands out a tier."""
+        """The first plan; after the pre gate, as it debits quota when it hands out a tier."""
         self._plan_now = await self._plan(0)
 
     async def pre_gate(self) -> None:
@@ -223,7 +220,7 @@ class Invocation:
             self._answer(await self._hold(match, held=None))
 
     async def call_tiers(self) -> None:
-        """Walk the plan's tiers, asking the router again from where it left off."""
+        """Walk the plan's tiers, planning again from where it left off."""
         req, plan, params = self.req, self._plan_now, self._params
         assert plan is not None and params is not None
         attempts: list[Attempt] = []
@@ -336,8 +333,8 @@ class Invocation:
     # --- review gates -----------------------------------------------------------------
 
     def _facts(self, provider: str | None = None, model: str | None = None) -> Facts:
-        """Before the call, provider and model are the workflow's first tier (the router has not
-        been asked yet); after it, the tier that answered."""
+        """Before the call, provider and model are the workflow's first tier (no tier has been
+        planned yet); after it, the tier that answered."""
         if provider is None:
             provider, model = self.workflow.tiers[0].provider, self.workflow.tiers[0].model
         spec = self.active.policy.providers.get(provider)
@@ -515,58 +512,8 @@ class Invocation:
     # --- control services -------------------------------------------------------------
 
     async def _plan(self, start: int) -> Plan:
-        """The router's next tier from `start`; if the router is down, the policy's tiers in order."""
-        req = self.req
-        try:
-            plan = await self.bus.request(
-                names.router_plan(self.env),
-                PlanRequest(
-                    invocation_id=req.invocation_id,
-                    workflow=req.workflow,
-                    metadata=req.metadata,
-                    start_tier=start,
-                ),
-                Plan,
-                timeout=self.gw.settings.control_timeout_s,
-                unavailable=errors.RouterUnavailable,
-            )
-        except errors.RouterUnavailable as exc:
-            log.warning(
-                "router unavailable; planning from local policy",
-                extra={"invocation_id": req.invocation_id, "error": str(exc)},
-            )
-            return await self._local_plan(start)
-        if plan.error is not None:
-            if plan.error.code == errors.UnknownWorkflow.code:
-                return await self._local_plan(start)  # the router runs another policy version
-            raise errors.from_wire(plan.error)
-        return plan
-
-    async def _local_plan(self, start: int) -> Plan:
-        """The policy's tiers from `start`, without those an operator blocked, cooling down after
-        a 429 or with an open circuit (read from the router's state in Redis); every tier when
-        that state cannot be read either. Quotas are the router's to debit: not checked here."""
-        tiers = [
-            PlannedTier(
-                tier=i, provider=t.provider, model=t.model, timeout_ms=t.timeout_ms, slo_p99_ms=t.slo_p99_ms
-            )
-            for i, t in enumerate(self.workflow.tiers)
-            if i >= start
-        ]
-        try:
-            ruled_out = await provider_state.unavailable(self.gw.redis, self.env, tiers)
-        except RedisError as exc:
-            log.warning(
-                "provider state unavailable; trying every tier in policy order",
-                extra={"invocation_id": self.req.invocation_id, "error": repr(exc)},
-            )
-            ruled_out = {}
-        return Plan(
-            workflow=self.req.workflow,
-            config_version=self.active.version,
-            tiers=[t for t in tiers if t.tier not in ruled_out],
-            skipped=list(ruled_out.values()),
-        )
+        """The next tier from `start`, planned here from the shared provider state."""
+        return await self.gw.planner.plan(self.req, self.active, self.workflow, start)
 
     def _estimate(self) -> int:
         """Prompt tokens, as the densest tokenizer of any tier that may answer would count them."""

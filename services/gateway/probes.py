@@ -2,10 +2,10 @@
 blocked provider has recovered before unblocking it (`sbctl provider probe`).
 
 They go through the provider's normal adapter (same client, URL, key and failure classification
-as live traffic) but outside every workflow: the router is not asked (a block does not stop
-them, and no circuit, cooldown or quota changes), the budget is not asked (no agent's session or
-daily ledger is charged), and each call is recorded in the audit log as a `probe` event under
-its own `probe-...` id, never as an invocation."""
+as live traffic) but outside every workflow: no tier is planned (a block does not stop them, no
+quota is taken), no outcome is reported (no circuit or cooldown changes), the budget is not
+asked (no agent's session or daily ledger is charged), and each call is recorded in the audit
+log as a `probe` event under its own `probe-...` id, never as an invocation."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """gateway: the data plane. Takes invocation requests, claims their id (idempotency), asks the
-budget and then the router, holds gated ones for review, calls providers down the fallback chain,
-stores and settles the result, replies, and records what happened; resumes a held invocation
-once its review is decided."""
+budget, holds gated ones for review, plans each tier from the provider state the router keeps in
+Redis, calls providers down the fallback chain, stores and settles the result, replies, and
+records what happened; resumes a held invocation once its review is decided."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from services.gateway.idempotency import Idempotency, fingerprint
 from services.gateway.invocation import Invocation, max_in_flight_s
 from services.gateway.leases import Leases
 from services.gateway.outcomes import OutcomeReporter
+from services.gateway.planning import Planner
 from services.gateway.resumes import Resumes
 from services.gateway.settling import Settler
 from services.gateway.streaming import StreamRelay
@@ -47,7 +48,7 @@ log = logging.getLogger("switchboard.gateway")
 
 class GatewaySettings(Settings):
     http_port: int = 9101
-    control_timeout_s: float = 1.0  # how long router and budget may take to answer
+    control_timeout_s: float = 1.0  # how long the budget may take to answer
     review_timeout_s: float = 5.0  # how long the hitl service may take to store a review
     resume_ttl_s: float = 7 * 86400  # how long a decided review's result is kept against a re-ask
     # How long an invocation id (or a review being acted on) stays in flight after the gateway
@@ -79,6 +80,7 @@ class GatewayService(Service):
         stack.push_async_callback(self.settler.close, self.settings.drain_timeout_s)
         self.resumes = Resumes(self.redis, self.settings.env, self.leases)
         self._gates: tuple[object, Gates] | None = None
+        self.planner = Planner(self.redis, self.settings.env, self.bus)
         self.outcomes = OutcomeReporter(self.bus, self.settings.env)
         self.outcomes.successes.start()
         stack.push_async_callback(self.outcomes.successes.close)

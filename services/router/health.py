@@ -1,17 +1,16 @@
-"""Shared provider state in Redis: operator blocks, 429 cooldowns, circuit breakers and
-per-minute quotas. Every router replica (and so every gateway) sees the same state, and every
-change is one atomic Lua call."""
+"""Shared provider state in Redis (the key layout and who writes what: shared/provider_state.py):
+operator blocks, 429 cooldowns, circuit breakers and per-minute quotas. Every router replica and
+every gateway sees the same state, and every change is one atomic Lua call or Redis command."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import redis.asyncio as aioredis
 
 from shared import keys
 from shared.contracts import AttemptOutcome, ModelState, ProviderState, TierOutcome
-from shared.policy import Policy, ProviderSpec, TierSpec
+from shared.policy import Policy, ProviderSpec
 
 LUA = Path(__file__).parent / "lua"
 FAILURES = {
@@ -22,49 +21,14 @@ FAILURES = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class TierCheck:
-    index: int
-    status: str  # "ok" | "blocked" | "cooldown" | "circuit_open" | "local_quota"
-    detail: str
-
-
-def _limit(value: int | None) -> int:
-    return value or 0
-
-
 class ProviderHealth:
+    """The router's side of the provider state (shared/provider_state.py): it writes blocks,
+    cooldowns, circuits and token counts, and reads everything for status and headroom."""
+
     def __init__(self, redis: aioredis.Redis, env: str) -> None:
         self.redis = redis
         self.env = env
-        self._acquire = redis.register_script((LUA / "acquire_tier_v1.lua").read_text())
         self._record = redis.register_script((LUA / "record_outcome_v1.lua").read_text())
-
-    async def acquire(self, policy: Policy, tiers: list[TierSpec], start: int) -> list[TierCheck]:
-        """Checks of tiers[start:] in order, up to and including the one acquired (status ok)."""
-        env = self.env
-        script_keys = [keys.provider_blocks(env)]
-        args: list = [len(tiers) - start]
-        for tier in tiers[start:]:
-            provider = policy.providers[tier.provider]
-            model = provider.models[tier.model]
-            script_keys += [
-                keys.cooldown(env, tier.provider, tier.model),
-                keys.circuit_open(env, tier.provider),
-                keys.quota(env, tier.provider),
-                keys.quota(env, f"{tier.provider}/{tier.model}"),
-            ]
-            args += [
-                tier.provider,
-                _limit(provider.quota.rpm),
-                _limit(provider.quota.tpm),
-                _limit(model.quota.rpm),
-                _limit(model.quota.tpm),
-            ]
-        flat = await self._acquire(keys=script_keys, args=args)
-        return [
-            TierCheck(start + i // 2, flat[i].decode(), flat[i + 1].decode()) for i in range(0, len(flat), 2)
-        ]
 
     async def record(self, spec: ProviderSpec, outcome: TierOutcome) -> tuple[int, bool]:
         """Apply one call's outcome; returns (consecutive failures, circuit open)."""

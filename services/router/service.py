@@ -1,7 +1,7 @@
-"""router: turns a workflow's live policy into the tier to call now, routing around providers
-that an operator blocked, that are cooling down after a 429, whose circuit is open, or that are
-out of quota; learns from every call's outcome. Provider state lives in Redis so every replica
-agrees."""
+"""router: keeps the provider state the gateways plan from (shared/provider_state.py): learns
+cooldowns and circuits from every call's outcome, takes operators' blocks, reports status and
+quota headroom, and tells agents their workflow's degradation plan. The state lives in Redis, so
+every replica agrees and a gateway plans without asking the router."""
 
 from __future__ import annotations
 
@@ -12,11 +12,9 @@ from contextlib import AsyncExitStack
 from nats.aio.msg import Msg
 from redis.exceptions import RedisError
 
-from services.router import planner
-from services.router.health import ProviderHealth, TierCheck
+from services.router.health import ProviderHealth
 from shared import names
 from shared.contracts import (
-    DRILL_AVOID_METADATA,
     AttemptOutcome,
     BlockReply,
     BlockRequest,
@@ -25,8 +23,6 @@ from shared.contracts import (
     DegradationPlan,
     DegradationRequest,
     DirectTier,
-    Plan,
-    PlanRequest,
     ProviderBlockEvent,
     ProviderState,
     ProviderStatusReply,
@@ -59,10 +55,11 @@ class RouterService(Service):
         task = asyncio.create_task(self._export_headroom_forever())
         stack.callback(task.cancel)
         await self.bus.serve(
-            names.router_plan(env), names.ROUTER_QUEUE, PlanRequest, self.plan, self._plan_error
-        )
-        await self.bus.serve(
-            names.router_outcome(env), names.ROUTER_QUEUE, TierOutcome, self.outcome, self._plan_error
+            names.router_outcome(env),
+            names.ROUTER_QUEUE,
+            TierOutcome,
+            self.outcome,
+            lambda exc, _: ProviderStatusReply(error=errors.to_wire(exc)),  # published: never sent
         )
         await self.bus.serve(
             names.router_status(env),
@@ -93,51 +90,6 @@ class RouterService(Service):
         if workflow is None:
             raise errors.UnknownWorkflow(f"no workflow named {name!r} in policy {active.version}")
         return active, workflow
-
-    async def _checks(self, policy, tiers, start: int, metadata: dict) -> list[TierCheck]:
-        """Acquire the first available tier from `start`; a drill's invocation (see
-        DRILL_AVOID_METADATA) skips the drilled provider's tiers as if it were blocked, for
-        itself only."""
-        avoid = metadata.get(DRILL_AVOID_METADATA)
-        checks: list[TierCheck] = []
-        while start < len(tiers):
-            if tiers[start].provider == avoid:
-                checks.append(TierCheck(start, "drill", str(avoid)))
-                start += 1
-                continue
-            end = next((i for i in range(start, len(tiers)) if tiers[i].provider == avoid), len(tiers))
-            found = await self.provider_state.acquire(policy, tiers[:end], start)
-            checks += found
-            if found and found[-1].status == "ok":
-                break
-            start = end
-        return checks
-
-    async def plan(self, req: PlanRequest, _: Msg) -> Plan:
-        active, workflow = self._workflow(req.workflow)
-        if req.start_tier >= len(workflow.tiers):
-            return Plan(workflow=req.workflow, config_version=active.version, tiers=[])
-        try:
-            checks = await self._checks(active.policy, workflow.tiers, req.start_tier, req.metadata)
-        except RedisError as exc:
-            log.warning("provider state unavailable; planning from policy alone", extra={"error": repr(exc)})
-            return planner.static(req.workflow, workflow, active.version, req.start_tier)
-        plan = planner.from_checks(req.workflow, workflow, checks, active.version)
-        for skip in plan.skipped:
-            if skip.source == "local_quota":
-                metrics.RATE_LIMIT_EVENTS.labels(skip.provider, skip.model, "local_quota").inc()
-                self.bus.emit_later(
-                    RateLimitEvent(
-                        invocation_id=req.invocation_id,
-                        workflow=req.workflow,
-                        provider=skip.provider,
-                        model=skip.model,
-                        source=RateLimitSource.LOCAL_QUOTA,
-                        detail=skip.reason,
-                        config_version=active.version,
-                    )
-                )
-        return plan
 
     async def degradation(self, req: DegradationRequest, _: Msg) -> DegradationPlan:
         """What an agent of this workflow does while the plane is unreachable; for passthrough,
@@ -247,11 +199,6 @@ class RouterService(Service):
                 _export_headroom(await self.provider_state.status(self.config.active.policy))
             except RedisError as exc:
                 log.debug("headroom not refreshed", extra={"error": repr(exc)})
-
-    def _plan_error(self, exc: errors.SwitchboardError, _: bytes) -> Plan:
-        return Plan(
-            workflow="", config_version=self.config_version or "", tiers=[], error=errors.to_wire(exc)
-        )
 
 
 def _export_headroom(providers: list[ProviderState]) -> None:

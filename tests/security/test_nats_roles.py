@@ -49,7 +49,7 @@ PROBES = [
     ("agent-alice", DENY, PUB, f"$JS.API.STREAM.DELETE.KV_{B}"),
     ("agent-alice", DENY, PUB, sb("events.invocation")),  # publish (forge) an event
     ("agent-alice", DENY, PUB, sb("router.block")),  # block a provider
-    ("agent-alice", DENY, PUB, sb("router.plan")),
+    ("agent-alice", DENY, PUB, sb("router.outcome")),  # forge an outcome (a cooldown)
     ("agent-alice", DENY, SUB, "_INBOX.>"),  # read others' replies
     ("agent-alice", DENY, SUB, "_INBOX.agent-bob.>"),
     ("agent-alice", DENY, SUB, sb("agent.*.invoke.*")),  # read others' prompts
@@ -70,10 +70,11 @@ PROBES = [
     ("agent-alice", DENY, PUB, sb("hitl.open")),  # open or decide reviews
     ("agent-alice", DENY, PUB, sb("hitl.reviewers.add")),
     ("agent-alice", DENY, PUB, sb("gateway.resume")),
-    # gateway: the only asker of router and budget; serves both invoke subjects
+    # gateway: the only asker of the budget, tells the router outcomes; serves both invoke subjects
     ("gateway", ALLOW, SUB, sb("invoke.*")),
     ("gateway", ALLOW, SUB, sb("agent.*.invoke.*")),
-    ("gateway", ALLOW, PUB, sb("router.plan")),
+    ("gateway", ALLOW, PUB, sb("router.outcome")),
+    ("gateway", DENY, PUB, sb("router.status")),  # plans from Redis: asks the router nothing
     ("gateway", ALLOW, PUB, sb("budget.reserve")),
     ("gateway", ALLOW, PUB, sb("hitl.open")),
     ("gateway", ALLOW, PUB, sb("result.inv-1")),
@@ -86,7 +87,7 @@ PROBES = [
     ("gateway", DENY, SUB, "_INBOX.>"),
     ("gateway", ALLOW, PUB, "_INBOX.agent-alice.x"),  # the chunks of a streamed answer
     # router
-    ("router", ALLOW, SUB, sb("router.plan")),
+    ("router", ALLOW, SUB, sb("router.outcome")),
     ("router", ALLOW, SUB, sb("degradation")),
     ("router", ALLOW, SUB, "$SRV.PING.switchboard-router"),
     ("router", ALLOW, PUB, sb("events.rate_limit")),

@@ -73,6 +73,6 @@ def test_every_subject_has_a_publisher_and_a_subscriber_role():
 def test_the_matcher_follows_nats_rules():
     assert matches("sb.prod.agent.*.invoke.*", "sb.prod.agent.alice.invoke.wf")
     assert not matches("sb.prod.agent.*.invoke.*", "sb.prod.agent.alice.invoke")
-    assert matches("sb.prod.router.>", "sb.prod.router.plan")
+    assert matches("sb.prod.router.>", "sb.prod.router.status")
     assert not matches("sb.prod.router.>", "sb.prod.router")
     assert not matches("sb.prod.invoke.*", "sb.staging.invoke.wf")

@@ -30,7 +30,7 @@ def invoke_body(**over) -> dict:
 NEEDS = {  # the services a target's valid request needs (the budget check of support-triage is
     # fail_closed; the recorder creates the event stream the gateway publishes to)
     "invoke": ("recorder", "router", "budget", "gateway"),
-    "plan": ("router",),
+    "degradation": ("router",),
     "reserve": ("budget",),
     "trace": ("recorder",),
 }
@@ -56,11 +56,11 @@ TARGETS = {
         invoke_body,
         lambda r: r["status"] == "success" and r["provider"] == "openai-sim",
     ),
-    "plan": (
-        names.router_plan,
+    "degradation": (
+        names.degradation,
         "router",
-        lambda: {"invocation_id": "p-1", "workflow": WF},
-        lambda r: "error" not in r and [t["provider"] for t in r["tiers"]][:1] == ["openai-sim"],
+        lambda: {"workflow": WF},
+        lambda r: "error" not in r and r["workflow"] == WF,
     ),
     "reserve": (
         names.budget_reserve,
@@ -112,12 +112,12 @@ SPECIFIC = {
         "workflow-not-subject": (invoke_body(workflow="research-summary"), "invalid_request"),
         "too-large": (invoke_body(messages=msg("x" * LIMIT)), "payload_too_large"),
     },
-    "plan": {
-        "wrong-type": ({"invocation_id": 7, "workflow": WF}, "invalid_request"),
-        "unknown-field": ({"invocation_id": "a", "workflow": WF, "colour": "red"}, "invalid_request"),
-        "missing-workflow": ({"invocation_id": "a"}, "invalid_request"),
-        "unknown-workflow": ({"invocation_id": "a", "workflow": "nope"}, "unknown_workflow"),
-        "too-large": ({"invocation_id": "a" * LIMIT, "workflow": WF}, "payload_too_large"),
+    "degradation": {
+        "wrong-type": ({"workflow": 7}, "invalid_request"),
+        "unknown-field": ({"workflow": WF, "colour": "red"}, "invalid_request"),
+        "missing-workflow": ({}, "invalid_request"),
+        "unknown-workflow": ({"workflow": "nope"}, "unknown_workflow"),
+        "too-large": ({"workflow": "a" * LIMIT}, "payload_too_large"),
     },
     "reserve": {
         "wrong-type": (

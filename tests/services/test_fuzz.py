@@ -36,7 +36,6 @@ def invoke_body() -> dict:
 # subject builder, serving service, a valid body, whether the subject replies
 SUBJECTS = {
     "invoke": (lambda env: names.invoke(env, WF), "gateway", invoke_body, True),
-    "plan": (names.router_plan, "router", lambda: {"invocation_id": "p", "workflow": WF}, True),
     "outcome": (
         names.router_outcome,
         "router",

@@ -1,18 +1,24 @@
 """Services as real processes (`python -m services.<name>`): readiness, a SIGTERM during an
 in-flight invocation (the agent still gets its reply, exit 0, one JSON log line), and a router
-killed with SIGKILL (the gateway plans from its local policy and keeps serving)."""
+killed with SIGKILL (the gateway plans as before from the state in Redis and keeps serving),
+with exact metric deltas of the fresh processes."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 
 import pytest
 
+from shared import keys
 from shared.contracts import Status
-from tests.support.helpers import SIM_KEYS, ServiceProcess, infra_env
+from tests.support.fallback import PRIMARY, SECONDARY
+from tests.support.helpers import SIM_KEYS, ServiceProcess, infra_env, process_metric
 from tests.support.stack import wait_for
 
+WF = "support-triage"
+LIMITS = "switchboard_rate_limit_events_total"
 LOG_FIELDS = (
     "workflow",
     "invocation_id",
@@ -87,30 +93,38 @@ async def test_sigterm_during_an_invocation_replies_logs_and_exits_0(stack, proc
     assert any(e.get("event") == "stopped" for e in gateway.log_lines())
 
 
-async def test_gateway_keeps_serving_when_the_router_is_killed(stack, procs):
+async def test_gateway_keeps_serving_when_the_router_is_killed(stack, procs, redis):
     running = await procs("router", "budget", "recorder", "gateway")
+    router, gateway = running["router"], running["gateway"]
+    await stack.sim.control.add_fault("429", provider=PRIMARY[0], count=1, retry_after_s=30)
     client = await stack.client()
-    first = await client.invoke("support-triage", "before")
-    assert first.status is Status.SUCCESS
+    first = await client.invoke(WF, "meets the 429")
+    assert first.status is Status.FALLBACK
+    await wait_for(
+        lambda: redis.exists(keys.cooldown(stack.env, *PRIMARY)), message="the router to record the cooldown"
+    )
+    assert await process_metric(router.port, LIMITS, provider=PRIMARY[0], source="provider_429") == 1
 
-    router = running["router"]
     router.signal(signal.SIGKILL)
     assert await router.wait(10) == -signal.SIGKILL
 
-    after = await client.invoke("support-triage", "after", timeout=20)
+    after = await client.invoke(WF, "after", timeout=20)
 
-    assert after.status is Status.SUCCESS, after
-    assert (after.provider, after.model) == ("openai-sim", "gpt-sim-large")
-    gateway = running["gateway"]
-    assert gateway.proc.returncode is None
-    warnings = [  # the gateway says it planned without the router
-        e
-        for e in gateway.log_lines()
-        if e.get("invocation_id") == after.invocation_id
-        and e.get("level") == "warning"
-        and "router" in e.get("event", "")
+    assert after.status is Status.FALLBACK, after  # planned in the gateway: the cooldown holds
+    assert [(a.provider, a.source) for a in after.attempts] == [
+        (PRIMARY[0], "cooldown"),
+        (SECONDARY[0], None),
     ]
-    assert warnings, gateway.output()
+    assert gateway.proc.returncode is None
+    metric = functools.partial(process_metric, gateway.port)
+    assert await metric("switchboard_invocations_total", status="fallback", provider=SECONDARY[0]) == 2
+    assert (
+        await metric("switchboard_provider_attempts_total", provider=PRIMARY[0], outcome="rate_limited") == 1
+    )
+    assert await metric("switchboard_provider_attempts_total", provider=PRIMARY[0], outcome="ok") == 0
+    assert await metric("switchboard_fallback_activations_total", reason="cooldown") == 1
+    for scope, requests in ((PRIMARY[0], b"1"), ("/".join(SECONDARY), b"2")):
+        assert (await redis.hget(keys.quota(stack.env, scope), "req")) == requests
 
 
 async def _provider_calls(stack) -> int:

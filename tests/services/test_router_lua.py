@@ -1,14 +1,16 @@
-"""The router's two Lua scripts (acquire_tier_v1, record_outcome_v1) through `ProviderHealth`,
-against a real Redis under a key prefix of their own (a fresh SB_ENV), cleaned afterwards."""
+"""The provider-state scripts: acquire_tier_v1 (shared, run by gateways as they plan) through
+`TierAcquirer`, record_outcome_v1 (the router's) through `ProviderHealth`, against a real Redis
+under a key prefix of their own (a fresh SB_ENV), cleaned afterwards."""
 
 from __future__ import annotations
 
 import pytest
 
-from services.router.health import ProviderHealth, TierCheck
+from services.router.health import ProviderHealth
 from shared import keys
 from shared.contracts import AttemptOutcome, TierOutcome
 from shared.policy import Policy
+from shared.provider_state import TierAcquirer, TierCheck
 from tests.support.fallback import steady_minute
 
 
@@ -16,6 +18,12 @@ from tests.support.fallback import steady_minute
 async def health(redis, env_name) -> ProviderHealth:
     await steady_minute(redis)  # quota windows are Redis-clock minutes: keep a test inside one
     return ProviderHealth(redis, env=env_name)
+
+
+@pytest.fixture
+async def acquirer(redis, env_name) -> TierAcquirer:
+    await steady_minute(redis)
+    return TierAcquirer(redis, env=env_name)
 
 
 def make_policy(p1: dict | None = None, m1: dict | None = None) -> Policy:
@@ -78,10 +86,12 @@ def statuses(checks: list[TierCheck]) -> list[tuple[int, str]]:
 # --- acquire_tier_v1 -----------------------------------------------------------------------
 
 
-async def test_acquire_takes_the_first_tier_and_debits_one_request_from_both_quotas(health, redis, env_name):
+async def test_acquire_takes_the_first_tier_and_debits_one_request_from_both_quotas(
+    acquirer, redis, env_name
+):
     policy = make_policy()
 
-    checks = await health.acquire(policy, tiers(policy), 0)
+    checks = await acquirer.acquire(policy, tiers(policy), 0)
 
     assert checks == [TierCheck(0, "ok", "")]
     now = await minute(redis)
@@ -91,18 +101,18 @@ async def test_acquire_takes_the_first_tier_and_debits_one_request_from_both_quo
     assert await counts(redis, env_name, "p1/m2") == {}
 
 
-async def test_acquire_from_a_later_tier_numbers_checks_from_there(health):
+async def test_acquire_from_a_later_tier_numbers_checks_from_there(acquirer):
     policy = make_policy()
 
-    assert await health.acquire(policy, tiers(policy), 1) == [TierCheck(1, "ok", "")]
-    assert await health.acquire(policy, tiers(policy), 2) == [TierCheck(2, "ok", "")]
+    assert await acquirer.acquire(policy, tiers(policy), 1) == [TierCheck(1, "ok", "")]
+    assert await acquirer.acquire(policy, tiers(policy), 2) == [TierCheck(2, "ok", "")]
 
 
-async def test_blocked_provider_is_skipped_with_its_reason_and_not_debited(health, redis, env_name):
+async def test_blocked_provider_is_skipped_with_its_reason_and_not_debited(health, acquirer, redis, env_name):
     policy = make_policy()
     await health.block("p1", "incident 42")
 
-    checks = await health.acquire(policy, tiers(policy), 0)
+    checks = await acquirer.acquire(policy, tiers(policy), 0)
 
     assert checks == [
         TierCheck(0, "blocked", "incident 42"),
@@ -113,45 +123,45 @@ async def test_blocked_provider_is_skipped_with_its_reason_and_not_debited(healt
     assert (await counts(redis, env_name, "p2"))[b"req"] == b"1"
 
     await health.unblock("p1")
-    assert await health.acquire(policy, tiers(policy), 0) == [TierCheck(0, "ok", "")]
+    assert await acquirer.acquire(policy, tiers(policy), 0) == [TierCheck(0, "ok", "")]
 
 
-async def test_cooldown_skips_only_that_model_with_the_time_left(health, redis, env_name):
+async def test_cooldown_skips_only_that_model_with_the_time_left(acquirer, redis, env_name):
     policy = make_policy()
     await redis.set(keys.cooldown(env_name, "p1", "m1"), "429", px=4000)
 
-    checks = await health.acquire(policy, tiers(policy), 0)
+    checks = await acquirer.acquire(policy, tiers(policy), 0)
 
     assert statuses(checks) == [(0, "cooldown"), (1, "ok")]
     assert 3000 < int(checks[0].detail) <= 4000
 
 
-async def test_open_circuit_skips_every_model_of_the_provider(health, redis, env_name):
+async def test_open_circuit_skips_every_model_of_the_provider(acquirer, redis, env_name):
     policy = make_policy()
     await redis.set(keys.circuit_open(env_name, "p1"), "5", px=30_000)
 
-    checks = await health.acquire(policy, tiers(policy), 0)
+    checks = await acquirer.acquire(policy, tiers(policy), 0)
 
     assert statuses(checks) == [(0, "circuit_open"), (1, "circuit_open"), (2, "ok")]
     assert 29_000 < int(checks[0].detail) <= 30_000
 
 
-async def test_nothing_usable_returns_every_check_and_no_ok(health):
+async def test_nothing_usable_returns_every_check_and_no_ok(health, acquirer):
     policy = make_policy()
     await health.block("p1", "down")
     await health.block("p2", "down too")
 
-    checks = await health.acquire(policy, tiers(policy), 0)
+    checks = await acquirer.acquire(policy, tiers(policy), 0)
 
     assert statuses(checks) == [(0, "blocked"), (1, "blocked"), (2, "blocked")]
 
 
-async def test_model_rpm_skips_the_tier_once_used_up_without_debiting_it(health, redis, env_name):
+async def test_model_rpm_skips_the_tier_once_used_up_without_debiting_it(acquirer, redis, env_name):
     policy = make_policy(m1={"quota": {"rpm": 2}})
     for _ in range(2):
-        assert statuses(await health.acquire(policy, tiers(policy), 0)) == [(0, "ok")]
+        assert statuses(await acquirer.acquire(policy, tiers(policy), 0)) == [(0, "ok")]
 
-    checks = await health.acquire(policy, tiers(policy), 0)
+    checks = await acquirer.acquire(policy, tiers(policy), 0)
 
     assert checks == [
         TierCheck(0, "local_quota", "model requests 2/2 per minute"),
@@ -161,11 +171,11 @@ async def test_model_rpm_skips_the_tier_once_used_up_without_debiting_it(health,
     assert (await counts(redis, env_name, "p1"))[b"req"] == b"3"  # two for m1, one for m2
 
 
-async def test_provider_rpm_skips_every_model_of_the_provider(health):
+async def test_provider_rpm_skips_every_model_of_the_provider(acquirer):
     policy = make_policy(p1={"quota": {"rpm": 1}})
-    assert statuses(await health.acquire(policy, tiers(policy), 0)) == [(0, "ok")]
+    assert statuses(await acquirer.acquire(policy, tiers(policy), 0)) == [(0, "ok")]
 
-    checks = await health.acquire(policy, tiers(policy), 0)
+    checks = await acquirer.acquire(policy, tiers(policy), 0)
 
     assert checks == [
         TierCheck(0, "local_quota", "provider requests 1/1 per minute"),
@@ -174,26 +184,26 @@ async def test_provider_rpm_skips_every_model_of_the_provider(health):
     ]
 
 
-async def test_tokens_reaching_the_model_tpm_skip_the_tier(health):
+async def test_tokens_reaching_the_model_tpm_skip_the_tier(health, acquirer):
     policy = make_policy(m1={"quota": {"tpm": 100}})
     spec = policy.providers["p1"]
-    assert statuses(await health.acquire(policy, tiers(policy), 0)) == [(0, "ok")]
+    assert statuses(await acquirer.acquire(policy, tiers(policy), 0)) == [(0, "ok")]
     await health.record(spec, outcome(AttemptOutcome.OK, tokens=99))
-    assert statuses(await health.acquire(policy, tiers(policy), 0)) == [(0, "ok")]
+    assert statuses(await acquirer.acquire(policy, tiers(policy), 0)) == [(0, "ok")]
     await health.record(spec, outcome(AttemptOutcome.OK, tokens=1))
 
-    checks = await health.acquire(policy, tiers(policy), 0)
+    checks = await acquirer.acquire(policy, tiers(policy), 0)
 
     assert checks[0] == TierCheck(0, "local_quota", "model tokens 100/100 per minute")
     assert statuses(checks) == [(0, "local_quota"), (1, "ok")]
 
 
-async def test_counts_of_a_past_minute_do_not_count(health, redis, env_name):
+async def test_counts_of_a_past_minute_do_not_count(acquirer, redis, env_name):
     policy = make_policy(m1={"quota": {"rpm": 2}})
     old = str(int(await minute(redis)) - 1)
     await redis.hset(keys.quota(env_name, "p1/m1"), mapping={"m": old, "req": 999, "tok": 999_999})
 
-    assert await health.acquire(policy, tiers(policy), 0) == [TierCheck(0, "ok", "")]
+    assert await acquirer.acquire(policy, tiers(policy), 0) == [TierCheck(0, "ok", "")]
     assert await counts(redis, env_name, "p1/m1") == {b"m": await minute(redis), b"req": b"1", b"tok": b"0"}
 
 
@@ -229,13 +239,13 @@ async def test_retry_after_is_capped_by_max_s(health, redis, env_name):
     assert 9000 < await redis.pttl(keys.cooldown(env_name, "p1", "m1")) <= 10_000
 
 
-async def test_429_with_cooldown_disabled_leaves_no_cooldown(health, redis, env_name):
+async def test_429_with_cooldown_disabled_leaves_no_cooldown(health, acquirer, redis, env_name):
     policy = make_policy(p1={"cooldown": {"enabled": False}})
 
     await health.record(policy.providers["p1"], outcome(AttemptOutcome.RATE_LIMITED, retry_after_s=5))
 
     assert await redis.exists(keys.cooldown(env_name, "p1", "m1")) == 0
-    assert statuses(await health.acquire(policy, tiers(policy), 0)) == [(0, "ok")]
+    assert statuses(await acquirer.acquire(policy, tiers(policy), 0)) == [(0, "ok")]
 
 
 @pytest.mark.parametrize(
@@ -247,7 +257,9 @@ async def test_429_with_cooldown_disabled_leaves_no_cooldown(health, redis, env_
         AttemptOutcome.MALFORMED,
     ],
 )
-async def test_consecutive_failures_open_the_circuit_at_the_threshold(health, redis, env_name, failure):
+async def test_consecutive_failures_open_the_circuit_at_the_threshold(
+    health, acquirer, redis, env_name, failure
+):
     policy = make_policy(p1={"circuit": {"failures": 3, "open_s": 20}})
     spec = policy.providers["p1"]
 
@@ -258,7 +270,7 @@ async def test_consecutive_failures_open_the_circuit_at_the_threshold(health, re
 
     assert 19_000 < await redis.pttl(keys.circuit_open(env_name, "p1")) <= 20_000
     assert 0 < await redis.ttl(keys.circuit_failures(env_name, "p1")) <= 600
-    assert statuses(await health.acquire(policy, tiers(policy), 0)) == [
+    assert statuses(await acquirer.acquire(policy, tiers(policy), 0)) == [
         (0, "circuit_open"),
         (1, "circuit_open"),
         (2, "ok"),
@@ -296,10 +308,10 @@ async def test_a_429_is_not_a_circuit_failure(health, redis, env_name):
     assert await redis.exists(keys.circuit_open(env_name, "p1")) == 0
 
 
-async def test_tokens_are_added_to_this_minutes_provider_and_model_counts(health, redis, env_name):
+async def test_tokens_are_added_to_this_minutes_provider_and_model_counts(health, acquirer, redis, env_name):
     policy = make_policy()
     spec = policy.providers["p1"]
-    await health.acquire(policy, tiers(policy), 0)
+    await acquirer.acquire(policy, tiers(policy), 0)
 
     await health.record(spec, outcome(AttemptOutcome.OK, tokens=40))
     await health.record(spec, outcome(AttemptOutcome.OK, tokens=2))
@@ -317,12 +329,12 @@ async def test_tokens_without_an_acquire_start_a_fresh_minute(health, redis, env
     assert await counts(redis, env_name, "p1/m2") == {b"m": await minute(redis), b"req": b"0", b"tok": b"7"}
 
 
-async def test_status_reports_what_the_scripts_wrote(health, redis, env_name):
+async def test_status_reports_what_the_scripts_wrote(health, acquirer, redis, env_name):
     policy = make_policy(
         p1={"quota": {"rpm": 10, "tpm": 1000}, "circuit": {"failures": 2}}, m1={"quota": {"rpm": 5}}
     )
     spec = policy.providers["p1"]
-    await health.acquire(policy, tiers(policy), 0)
+    await acquirer.acquire(policy, tiers(policy), 0)
     await health.record(spec, outcome(AttemptOutcome.OK, tokens=100))
     await health.record(spec, outcome(AttemptOutcome.RATE_LIMITED, retry_after_s=3))
     await health.record(spec, outcome(AttemptOutcome.SERVER_ERROR, model="m2"))

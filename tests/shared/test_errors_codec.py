@@ -44,7 +44,7 @@ def test_round_trip_keeps_class_code_message_retryable_and_details(cls):
 
 
 def test_retryable_is_carried_on_the_wire():
-    assert errors.to_wire(errors.RouterUnavailable("x")).retryable is True
+    assert errors.to_wire(errors.BudgetUnavailable("x")).retryable is True
     assert errors.to_wire(errors.InvalidRequest("x")).retryable is False
 
 

@@ -23,7 +23,7 @@ ENDPOINTS = {
         "gateway-resume",
         "gateway-probe",
     },  # operators', agents', hitl's, probes
-    "router": {"router-plan", "router-outcome", "router-status", "router-block", "degradation"},
+    "router": {"router-outcome", "router-status", "router-block", "degradation"},
     "budget": {"budget-reserve", "budget-settle", "budget-show"},
     "recorder": {
         "recorder-trace",

@@ -1,5 +1,12 @@
 """What every adapter shares: the call with its deadline, the streamed call, and the
-classification of failures into attempt outcomes (which decide whether the next tier is tried)."""
+classification of failures into attempt outcomes (which decide whether the next tier is tried).
+
+Requests are `httpx.Request`s sent on the provider's pooled transport (`pool.py`), not through
+an `httpx.AsyncClient`: the client's layers (URL parsing and merging, header merging, the auth
+and redirect flows, the cookie jar's pass over every answer) cost about as much CPU as the HTTP
+exchange itself, for one absolute URL, no auth flow and redirects never followed. The request
+carries what the client would have added (`CLIENT_HEADERS`, its timeouts, the cookies the
+provider set), so a provider sees the same request."""
 
 from __future__ import annotations
 
@@ -16,6 +23,15 @@ from shared.contracts import AttemptOutcome, Message
 from shared.policy import ProviderSpec
 
 MAX_ERROR_TEXT = 300
+# The default headers and timeouts of an httpx.AsyncClient (the timeouts the client had: the
+# call's own deadline is `asyncio.timeout`).
+CLIENT_HEADERS = {
+    "accept": "*/*",
+    "accept-encoding": "gzip, deflate",
+    "connection": "keep-alive",
+    "user-agent": f"python-httpx/{httpx.__version__}",
+}
+CLIENT_TIMEOUT = httpx.Timeout(600.0)
 
 
 @dataclass(slots=True)
@@ -109,13 +125,16 @@ class ProviderAdapter:
 
     path: str = ""
 
-    def __init__(self, name: str, spec: ProviderSpec, client: httpx.AsyncClient) -> None:
+    def __init__(self, name: str, spec: ProviderSpec, transport: httpx.AsyncBaseTransport) -> None:
         self.name = name
         self.spec = spec
-        self.client = client
-        self.url = spec.base_url.rstrip("/") + self.path
+        self.transport = transport
+        self.url = httpx.URL(spec.base_url.rstrip("/") + self.path)  # parsed once
         self._key = os.environ.get(spec.api_key_env, "") if spec.api_key_env else ""
         self.headers = self.auth_headers(self._key)
+        self._sent_headers = {**CLIENT_HEADERS, **self.headers}
+        self._extensions = {"timeout": CLIENT_TIMEOUT.as_dict()}
+        self._cookies = httpx.Cookies()  # what the provider set, sent back as a client would
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         raise NotImplementedError
@@ -145,9 +164,8 @@ class ProviderAdapter:
         async with contextlib.AsyncExitStack() as stack:
             try:
                 async with asyncio.timeout(timeout_s):
-                    response = await stack.enter_async_context(
-                        self.client.stream("POST", self.url, content=payload, headers=self.headers)
-                    )
+                    response = await self._send(payload)
+                    stack.push_async_callback(response.aclose)
                     if response.status_code >= 400:
                         await response.aread()
             except TimeoutError as exc:
@@ -165,7 +183,12 @@ class ProviderAdapter:
         payload = orjson.dumps(self.body(model, messages, params))
         try:
             async with asyncio.timeout(timeout_s):
-                response = await self.client.post(self.url, content=payload, headers=self.headers)
+                response = await self._send(payload)
+                try:
+                    await response.aread()  # closes the response (the connection goes back to the pool)
+                except BaseException:
+                    await response.aclose()
+                    raise
         except TimeoutError as exc:
             raise ProviderCallError(AttemptOutcome.TIMEOUT, f"no answer within {timeout_s:g}s") from exc
         except httpx.HTTPError as exc:
@@ -179,6 +202,21 @@ class ProviderAdapter:
             raise ProviderCallError(
                 AttemptOutcome.MALFORMED, f"unreadable answer: {type(exc).__name__}", status_code=status
             ) from exc
+
+    async def _send(self, payload: bytes) -> httpx.Response:
+        """POST `payload`; the response's body is not read yet."""
+        request = httpx.Request(
+            "POST",
+            self.url,
+            content=payload,
+            headers=self._sent_headers,
+            cookies=self._cookies or None,
+            extensions=self._extensions,
+        )
+        response = await self.transport.handle_async_request(request)
+        if "set-cookie" in response.headers:
+            self._cookies.extract_cookies(response)
+        return response
 
     def _http_error(self, response: httpx.Response) -> ProviderCallError:
         status = response.status_code

@@ -1,7 +1,9 @@
-"""One pooled HTTP client per provider, rebuilt when the policy changes its connection settings.
+"""One pooled HTTP transport per provider, rebuilt when the policy changes its connection settings.
 
 httpx is the API; its default transport collapses under concurrency on this kind of machine
-(encode/httpx#3215), so each client runs on the aiohttp transport from httpx-aiohttp.
+(encode/httpx#3215), so each provider's connections are the aiohttp transport from
+httpx-aiohttp. Adapters send their requests on it directly (see `base.py` for why not through
+an `httpx.AsyncClient`).
 """
 
 from __future__ import annotations
@@ -25,15 +27,13 @@ ADAPTERS: dict[ProviderKind, type[ProviderAdapter]] = {
 CLOSE_GRACE_S = 60.0
 
 
-def _client(spec: ProviderSpec) -> httpx.AsyncClient:
+def _transport(spec: ProviderSpec) -> httpx.AsyncBaseTransport:
     limits = httpx.Limits(
         max_connections=spec.max_connections,
         max_keepalive_connections=spec.max_connections,
         keepalive_expiry=30,
     )
-    return httpx.AsyncClient(
-        transport=AiohttpTransport(limits=limits, trust_env=False), timeout=httpx.Timeout(600.0)
-    )
+    return AiohttpTransport(limits=limits, trust_env=False)
 
 
 class ProviderPool:
@@ -53,19 +53,19 @@ class ProviderPool:
             if old is not None and self._specs.get(name) == spec:
                 adapters[name] = old
             else:
-                adapters[name] = ADAPTERS[spec.kind](name, spec, _client(spec))
+                adapters[name] = ADAPTERS[spec.kind](name, spec, _transport(spec))
         for name, old in self._adapters.items():
             if adapters.get(name) is not old:
-                self._retire(old.client)
+                self._retire(old.transport)
         self._adapters = adapters
         self._specs = dict(policy.providers)
 
-    def _retire(self, client: httpx.AsyncClient) -> None:
-        """Close a replaced client after in-flight calls on it have had time to finish."""
+    def _retire(self, transport: httpx.AsyncBaseTransport) -> None:
+        """Close a replaced transport after in-flight calls on it have had time to finish."""
 
         async def later() -> None:
             await asyncio.sleep(CLOSE_GRACE_S)
-            await client.aclose()
+            await transport.aclose()
 
         task = asyncio.ensure_future(later())
         self._retired.add(task)
@@ -75,5 +75,5 @@ class ProviderPool:
         for task in list(self._retired):
             task.cancel()
         for adapter in self._adapters.values():
-            await adapter.client.aclose()
+            await adapter.transport.aclose()
         self._adapters.clear()

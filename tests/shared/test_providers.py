@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 
+import httpx
+import orjson
 import pytest
 from aiohttp import web
 
@@ -274,6 +277,64 @@ async def test_a_key_repeated_by_the_provider_is_not_repeated_in_the_error(simul
     assert (err.outcome, err.status_code) == (AttemptOutcome.CLIENT_ERROR, 401)
     assert err.message.startswith("HTTP 401: Incorrect API key provided")
     assert OPENAI_KEY not in err.message and ANTHROPIC_KEY not in err.message
+
+
+# --- what a provider receives ---------------------------------------------------------------
+
+OPENAI_ANSWER = {
+    "model": "gpt-sim-large",
+    "choices": [{"message": {"role": "assistant", "content": "Rome."}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 7, "completion_tokens": 1},
+}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_provider_gets_the_request_an_httpx_client_sends_and_its_cookies_back(
+    simulator, monkeypatch, stream
+):
+    """Headers as an httpx client sends them (its defaults, then the adapter's), a cookie the
+    provider set sent back on the next call (as load balancers in front of real APIs expect),
+    and a gzip-compressed answer read."""
+    monkeypatch.setenv("SB_OPENAI_SIM_API_KEY", OPENAI_KEY)
+    seen: list = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append((dict(request.headers), await request.read()))
+        if stream:
+            data = orjson.dumps({**OPENAI_ANSWER, "choices": [{"delta": {"content": "Rome."}}]})
+            body = b"data: " + data + b"\n\ndata: [DONE]\n\n"
+        else:
+            body = orjson.dumps(OPENAI_ANSWER)
+        response = web.Response(body=gzip.compress(body), headers={"Content-Encoding": "gzip"})
+        response.set_cookie("lb", "node-7")
+        return response
+
+    doc = policy_doc(simulator)
+    async with provider_server(handler) as url:
+        doc["providers"]["openai-sim"]["base_url"] = url
+        async with adapters(doc) as pool:
+            adapter = pool.get("openai-sim")
+            for _ in range(2):
+                if stream:
+                    pieces, _s = await read_stream(adapter)
+                    assert pieces == ["Rome."]
+                else:
+                    assert (await call(adapter)).output == "Rome."
+
+    (first, body), (second, _) = seen
+    assert orjson.loads(body)["model"] == "gpt-sim-large"
+    expected = {
+        "Accept": "*/*",
+        "Accept-Encoding": "gzip, deflate",
+        "Connection": "keep-alive",
+        "User-Agent": f"python-httpx/{httpx.__version__}",
+        "Content-Type": "application/json",
+        "Authorization": f"Bearer {OPENAI_KEY}",
+        "Content-Length": str(len(body)),
+    }
+    assert {k: first.get(k) for k in expected} == expected
+    assert "Cookie" not in first
+    assert second["Cookie"] == "lb=node-7"
 
 
 # --- Retry-After ---------------------------------------------------------------------------

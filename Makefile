@@ -10,6 +10,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BOOTSTRAP_PYTHON ?= $(shell command -v python3.11 || command -v python3)
 PYTEST_ARGS ?=
+# Parallel pytest workers (pytest-xdist); PYTEST_WORKERS=0 runs the tests serially in one process.
+PYTEST_WORKERS ?= 4
+PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --dist loadgroup
 RUN_ARGS ?=
 NATS_ARGS ?=
 
@@ -20,7 +23,7 @@ LOCK := deploy/docker/requirements.lock
 help: ## list targets
 	@echo "Switchboard make targets:"
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
-	@echo "Variables: PYTEST_ARGS='-k foo' (test), RUN_ARGS='...' (run), SB_*_URL (infra)"
+	@echo "Variables: PYTEST_ARGS='-k foo' PYTEST_WORKERS=0 (test), RUN_ARGS='...' (run), SB_*_URL (infra)"
 
 setup: $(STAMP) ## create .venv and install the SDK and the project (with [dev] extras), editable
 
@@ -46,13 +49,13 @@ run-demo: infra ## like run, but exit after the demo (for scripts)
 	$(PY) deploy/local/run.py --exit-after-demo $(RUN_ARGS)
 
 test: infra ## run the test suite (PYTEST_ARGS=... to pass options)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 faults: setup ## the full fault suite on its own NATS/Redis/PostgreSQL; writes docs/reliability.md
 	$(PY) -m tests.faults.suite --report docs/reliability.md
 
 test-auth: infra ## the test suite with NATS authentication on: every process as its role
-	SB_TEST_NATS_AUTH=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+	SB_TEST_NATS_AUTH=1 $(PY) -m pytest -q $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 lint: setup ## ruff lint + format check
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

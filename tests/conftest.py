@@ -34,7 +34,7 @@ def infra(tmp_path_factory):
     """The infrastructure. With SB_TEST_NATS_AUTH=1 (`make test-auth`), NATS is a server of the
     run's own with the generated users, and every service, client and sbctl the tests start
     authenticates as its role (SB_NATS_CREDENTIALS_DIR)."""
-    found = infra_support.discover()
+    found = infra_support.for_worker(infra_support.discover())
     infra_support.migrate(found)
     if os.environ.get("SB_TEST_NATS_AUTH") != "1":
         yield found

@@ -14,6 +14,8 @@ import orjson
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+# One worker runs the whole module under `make test`'s workers: one wheel and one virtualenv.
+pytestmark = pytest.mark.xdist_group("sdk-distribution")
 SERVER_ONLY = {
     "switchboard",
     "redis",

@@ -28,7 +28,8 @@ from tests.support.fallback import sim_count
 from tests.support.hitl import LETTER, REFUND, add_reviewer, audit, db_rows, reviews, wait_acted
 from tests.support.stack import Simulator, Stack, copy_policy, new_env
 
-pytestmark = pytest.mark.timeout(60)
+# One worker runs the whole module under `make test`'s workers: one Playwright and one browser.
+pytestmark = [pytest.mark.timeout(60), pytest.mark.xdist_group("hitl-console")]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SIM_KEYS = {"SB_OPENAI_SIM_API_KEY": "sk-test-openai", "SB_ANTHROPIC_SIM_API_KEY": "sk-test-anthropic"}
 

@@ -4,12 +4,13 @@ defaults, else containers when a Docker engine exists; fail with a clear message
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -76,6 +77,31 @@ def discover() -> Infra:
         + ". Run `bash deploy/local/infra.sh` (or `make infra`), or set the SB_*_URL variables.",
         pytrace=False,
     )
+
+
+def for_worker(infra: Infra) -> Infra:
+    """Under pytest-xdist each worker gets a database of its own (the URL's name plus the worker
+    id, created if missing), so no test sees rows another worker writes at the same moment."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return infra
+    parts = urlsplit(infra.database_url)
+    name = f"{parts.path.lstrip('/') or 'switchboard'}_{worker}"
+    asyncio.run(_create_database(infra.database_url, name))
+    url = urlunsplit(parts._replace(path=f"/{name}"))
+    return Infra(infra.nats_url, infra.redis_url, url, nats_options=infra.nats_options)
+
+
+async def _create_database(base_url: str, name: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(base_url, timeout=10)
+    try:
+        if not await conn.fetchval("select 1 from pg_database where datname = $1", name):
+            with contextlib.suppress(asyncpg.DuplicateDatabaseError):
+                await conn.execute(f'create database "{name}"')
+    finally:
+        await conn.close()
 
 
 def migrate(infra: Infra) -> None:

@@ -65,7 +65,7 @@ def _installed(python: Path) -> set[str]:
     return {d["name"].lower().replace("_", "-") for d in orjson.loads(listing)}
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)  # includes the fixture building the wheel and virtualenv: slow when busy
 async def test_a_virtualenv_with_only_the_sdk_invokes_a_workflow(running, sdk_venv, tmp_path):
     before = (await running.sim.control.stats())["total"]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

@@ -132,6 +132,7 @@ async def test_export_range_is_half_open_and_other_queues_are_not_shown(stack):
         assert parse((await http.get("/v1/audit.csv", params=before)).text) == []
 
 
+@pytest.mark.timeout(240)  # schemathesis generates and sends every example: CPU-bound on a busy machine
 async def test_schemathesis_finds_no_server_error_in_the_served_openapi(stack, tmp_path):
     await stack.start("hitl")
     token = await add_reviewer(stack, "alice", "payments")
@@ -157,7 +158,7 @@ async def test_schemathesis_finds_no_server_error_in_the_served_openapi(stack, t
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-    out, _ = await asyncio.wait_for(proc.communicate(), 100)
+    out, _ = await asyncio.wait_for(proc.communicate(), 220)
     text = out.decode()
     assert proc.returncode == 0, text
     assert "No issues found" in text or "passed" in text, text

@@ -18,10 +18,22 @@ from tests.support.helpers import infra_env, run_sbctl
 from tests.support.stack import REPO, wait_for
 
 DRILL = ("drill", "provider-outage", "--provider", "openai-sim", "--invocations", "10")
+SLO_MS = 60_000
+
+
+async def apply_with_slack(running) -> None:
+    """The test policy with every tier's p99 SLO at a minute: these tests are about what the drill
+    does and reports, and a busy machine must not turn a pass into a p99 verdict."""
+    policy = running.policy()
+    for workflow in policy["workflows"].values():
+        for tier in workflow["tiers"]:
+            if tier["slo_p99_ms"] is not None:
+                tier["slo_p99_ms"] = SLO_MS
+    await running.apply(policy)
 
 
 async def test_drill_passes_with_fallbacks_recorded_and_unblocks(running):
-    await running.apply()
+    await apply_with_slack(running)
 
     code, out, err = await run_sbctl(running.infra, *DRILL, "--env", running.env, timeout=60)
 
@@ -46,7 +58,7 @@ async def test_drill_passes_with_fallbacks_recorded_and_unblocks(running):
 
 
 async def test_drill_json_reports_each_workflow(running):
-    await running.apply()
+    await apply_with_slack(running)
 
     code, out, err = await run_sbctl(running.infra, *DRILL, "--env", running.env, "--json", timeout=60)
 
@@ -57,7 +69,7 @@ async def test_drill_json_reports_each_workflow(running):
     rows = {r["workflow"]: r for r in report["workflows"]}
     assert set(rows) == {"support-triage", "research-summary", "refunds"}
     assert rows["support-triage"]["fallbacks_recorded"] == 10
-    assert rows["support-triage"]["slo_p99_ms"] == 3000
+    assert rows["support-triage"]["slo_p99_ms"] == SLO_MS
     # research-summary starts at anthropic-sim: blocking openai-sim costs it nothing
     assert rows["research-summary"]["fallbacks_recorded"] == 0
     assert rows["research-summary"]["completed"] == 10
@@ -65,7 +77,7 @@ async def test_drill_json_reports_each_workflow(running):
 
 
 async def test_drill_fails_naming_the_completion_problem_when_the_fallback_is_broken(running):
-    await running.apply()
+    await apply_with_slack(running)
     await running.sim.control.add_fault("500", provider="anthropic-sim")  # until removed
 
     code, out, err = await run_sbctl(running.infra, *DRILL, "--env", running.env, "--json", timeout=60)
@@ -83,7 +95,7 @@ async def test_drill_fails_naming_the_completion_problem_when_the_fallback_is_br
 
 
 async def test_drill_verdict_names_the_error_code_of_the_failed_invocations(running):
-    await running.apply()
+    await apply_with_slack(running)
     await running.sim.control.add_fault("500", provider="anthropic-sim")
 
     code, out, err = await run_sbctl(running.infra, *DRILL, "--env", running.env, "--json", timeout=60)
@@ -94,7 +106,7 @@ async def test_drill_verdict_names_the_error_code_of_the_failed_invocations(runn
 
 
 async def test_drill_fail_is_printed_for_people_too(running):
-    await running.apply()
+    await apply_with_slack(running)
     await running.sim.control.add_fault("500", provider="anthropic-sim")
 
     code, out, err = await run_sbctl(running.infra, *DRILL, "--env", running.env, timeout=60)
@@ -113,7 +125,7 @@ async def test_drill_without_an_applied_version_says_so(running):
 
 
 async def test_drill_leaves_an_operator_block_in_place(running):
-    await running.apply()
+    await apply_with_slack(running)
     code, _, err = await run_sbctl(
         running.infra, "provider", "block", "openai-sim", "--reason", "real outage", "--env", running.env
     )
@@ -126,7 +138,7 @@ async def test_drill_leaves_an_operator_block_in_place(running):
 
 
 async def test_live_traffic_keeps_using_the_provider_while_the_drill_runs(running):
-    await running.apply()
+    await apply_with_slack(running)
     await running.sim.control.add_fault("latency", provider="anthropic-sim", latency_ms=300)
     client = await running.client()
     drill = asyncio.create_task(run_sbctl(running.infra, *DRILL, "--env", running.env, timeout=90))
@@ -142,7 +154,7 @@ async def test_live_traffic_keeps_using_the_provider_while_the_drill_runs(runnin
 
 
 async def test_a_killed_drill_leaves_no_block_behind(running, redis):
-    await running.apply()
+    await apply_with_slack(running)
     await running.sim.control.add_fault("latency", provider="anthropic-sim", latency_ms=2000)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,

@@ -119,7 +119,7 @@ class Console:
 
         async def result():
             sb = await self.stack.client()
-            return await sb.result(invocation_id, wait=15)
+            return await sb.result(invocation_id, wait=45)  # returns once published
 
         return self.loop.run(result())
 

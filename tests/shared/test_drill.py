@@ -142,7 +142,10 @@ async def test_live_traffic_keeps_using_the_provider_while_the_drill_runs(runnin
     await running.sim.control.add_fault("latency", provider="anthropic-sim", latency_ms=300)
     client = await running.client()
     drill = asyncio.create_task(run_sbctl(running.infra, *DRILL, "--env", running.env, timeout=90))
-    await wait_for(lambda: sim_count(running, "anthropic-sim"), message="the drill to be under way")
+    # The drill is an sbctl subprocess: its interpreter start-up is slow on a busy machine.
+    await wait_for(
+        lambda: sim_count(running, "anthropic-sim"), timeout=60, message="the drill to be under way"
+    )
 
     live = await asyncio.gather(*(client.invoke("support-triage", f"live {i}") for i in range(5)))
 
@@ -169,7 +172,9 @@ async def test_a_killed_drill_leaves_no_block_behind(running, redis):
         stderr=asyncio.subprocess.DEVNULL,
     )
     try:
-        await wait_for(lambda: sim_count(running, "anthropic-sim"), message="drill invocations in flight")
+        await wait_for(
+            lambda: sim_count(running, "anthropic-sim"), timeout=60, message="drill invocations in flight"
+        )
     finally:
         proc.send_signal(signal.SIGKILL)
         await proc.wait()

@@ -57,7 +57,8 @@ async def test_sbctl_with_nats_unreachable_fails_with_a_code_instead_of_hanging(
 
     assert code == 3  # documented: unavailable
     assert orjson.loads(out)["error"]["code"] == "unavailable"
-    assert asyncio.get_running_loop().time() - started < 10  # interpreter start-up included
+    # Interpreter start-up included, which is slow on a busy machine; a hang would take the 30 s.
+    assert asyncio.get_running_loop().time() - started < 25
 
 
 async def test_sbctl_nats_unreachable_is_one_line_from_a_flag_given_anywhere(infra, env_name):

@@ -10,8 +10,6 @@ import os
 import sys
 from importlib import metadata
 
-from pydantic import ValidationError
-
 from shared import names
 from shared.contracts import PROBE_MAX_COUNT
 from shared.sbctl import (
@@ -29,7 +27,7 @@ from shared.sbctl import (
     status_cmds,
     switch_cmds,
 )
-from shared.sbctl.context import EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE, SbctlSettings
+from shared.sbctl.context import EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE, OptionRefused, SbctlSettings
 from shared.sbctl.output import fail
 from shared.telemetry.tracing import setup_tracing
 from switchboard_sdk import errors
@@ -285,12 +283,8 @@ def main(argv: list[str] | None = None) -> None:
         code = asyncio.run(func(args, settings)) if inspect.iscoroutinefunction(func) else func(args)
     except errors.Unavailable as exc:  # NATS or PostgreSQL unreachable: a coded error, not a traceback
         fail(exc.message, code=exc.code, as_json=args.json, exit_code=EXIT_UNAVAILABLE)
+    except OptionRefused as exc:
+        fail(exc.message, code=exc.code, as_json=args.json, exit_code=EXIT_USAGE)
     except errors.SwitchboardError as exc:
         fail(exc.message, code=exc.code, as_json=args.json, exit_code=EXIT_FAILED)
-    except ValidationError as exc:  # an option the request's contract refuses (e.g. a reason too long)
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"]
-            for e in exc.errors(include_url=False)
-        )
-        fail(problems, code=errors.InvalidRequest.code, as_json=args.json, exit_code=EXIT_USAGE)
     raise SystemExit(code)

@@ -6,10 +6,16 @@ from __future__ import annotations
 import getpass
 import socket
 from dataclasses import dataclass
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from shared.bus import Bus
 from shared.contracts import LeverEvent
 from shared.settings import Settings
+from switchboard_sdk import errors
+
+M = TypeVar("M", bound=BaseModel)
 
 # Exit codes, documented in docs/runbook.md.
 EXIT_OK = 0  # done
@@ -64,3 +70,26 @@ async def record_lever(
             lever=lever, target=target, reason=reason, by=who.name, by_source=who.source, changed=changed
         )
     )
+
+
+class OptionRefused(Exception):
+    """An option the request's contract refuses (a reason over 200 characters, say): a usage
+    error (`invalid_request`), reported before anything is sent."""
+
+    code = errors.InvalidRequest.code
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def from_options(model: type[M], **fields) -> M:
+    """The request built from the command line's options, or `OptionRefused` naming each field."""
+    try:
+        return model(**fields)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"]
+            for e in exc.errors(include_url=False)
+        )
+        raise OptionRefused(problems) from None

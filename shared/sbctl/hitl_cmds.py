@@ -27,6 +27,7 @@ from shared.contracts import (
     ReviewerRevoke,
     ReviewersReply,
 )
+from shared.sbctl.context import from_options
 from shared.sbctl.output import emit_json, fail, table
 from switchboard_sdk import errors
 
@@ -125,8 +126,8 @@ async def pending(args, settings) -> int:
 
 
 async def extend(args, settings) -> int:
-    body = QueueOp(
-        op="extend", queue=args.queue, by_s=duration_s(args.by), actor=operator(), reason=args.reason
+    body = from_options(
+        QueueOp, op="extend", queue=args.queue, by_s=duration_s(args.by), actor=operator(), reason=args.reason
     )
     reply = await _ask(args, settings, "queue_op", body, QueueOpReply)
     if args.json:
@@ -137,7 +138,9 @@ async def extend(args, settings) -> int:
 
 
 async def reassign(args, settings) -> int:
-    body = QueueOp(op="reassign", queue=args.queue, to=args.to, actor=operator(), reason=args.reason)
+    body = from_options(
+        QueueOp, op="reassign", queue=args.queue, to=args.to, actor=operator(), reason=args.reason
+    )
     reply = await _ask(args, settings, "queue_op", body, QueueOpReply)
     if args.json:
         emit_json(reply.model_dump(mode="json"))
@@ -148,7 +151,7 @@ async def reassign(args, settings) -> int:
 
 async def reviewers_add(args, settings) -> int:
     queues_ = [q.strip() for q in args.queues.split(",") if q.strip()]
-    body = ReviewerAdd(name=args.name, queues=queues_, by=operator())
+    body = from_options(ReviewerAdd, name=args.name, queues=queues_, by=operator())
     reply = await _ask(args, settings, "reviewers.add", body, ReviewersReply)
     reviewer = reply.reviewers[0]
     if args.json:

@@ -11,7 +11,15 @@ from datetime import UTC, datetime
 
 from shared import names
 from shared.contracts import IngressKeyAdd, IngressKeyList, IngressKeyRevoke, IngressKeysReply
-from shared.sbctl.context import EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE, connect, operator, record_lever
+from shared.sbctl.context import (
+    EXIT_FAILED,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    connect,
+    from_options,
+    operator,
+    record_lever,
+)
 from shared.sbctl.output import emit_json, fail, table
 from switchboard_sdk import errors, nats_auth
 
@@ -47,7 +55,7 @@ async def add(args, settings) -> int:
             as_json=args.json,
             exit_code=EXIT_USAGE,
         )
-    body = IngressKeyAdd(agent=args.agent, by=operator(settings).name, reason=args.reason)
+    body = from_options(IngressKeyAdd, agent=args.agent, by=operator(settings).name, reason=args.reason)
     key = (await _ask(args, settings, "keys.add", body, lever="ingress_key.add")).keys[0]
     if args.json:
         emit_json(key.model_dump(mode="json"))

@@ -15,7 +15,7 @@ from shared.contracts import (
     ProviderStatusReply,
     ProviderStatusRequest,
 )
-from shared.sbctl.context import EXIT_USAGE, connect, operator
+from shared.sbctl.context import EXIT_USAGE, connect, from_options, operator
 from shared.sbctl.output import emit_json, fail, table
 from switchboard_sdk import errors
 
@@ -121,7 +121,9 @@ async def quotas(args, settings) -> int:
 async def set_block(
     settings, env: str, provider: str, blocked: bool, reason: str, as_json: bool
 ) -> BlockReply:
-    body = BlockRequest(provider=provider, blocked=blocked, reason=reason, by=operator(settings).name)
+    body = from_options(
+        BlockRequest, provider=provider, blocked=blocked, reason=reason, by=operator(settings).name
+    )
     return await _ask(settings, env, names.router_block(env), body, BlockReply, as_json)
 
 

@@ -145,7 +145,7 @@ async def test_a_trail_written_as_one_batch_or_one_event_at_a_time_gives_the_sam
 
 
 async def test_a_burst_after_a_quiet_moment_is_written_in_one_transaction(stack):
-    await stack.start("recorder", recorder={"batch_wait_s": 2.0})
+    await stack.start("recorder", recorder={"batch_wait_s": 5.0})
     first = trail(stack.env, "inv-first", time.time())[:1]
     await publish(stack.infra, stack.env, first)
     await wait_for(lambda: caught_up(stack), message="the first event recorded")

@@ -121,7 +121,7 @@ class Console:
             sb = await self.stack.client()
             return await sb.result(invocation_id, wait=45)  # returns once published
 
-        return self.loop.run(result())
+        return self.loop.run(result(), timeout=50)
 
     def api(self, who: str, method: str, path: str, **kw) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.tokens[who]}"}

@@ -171,8 +171,9 @@ class GatewayService(Service):
         return StreamRelay(self.bus.nc, msg.reply, req.invocation_id, started)
 
     async def resume(self, req: ResumeRequest, _msg: Msg) -> ResumeReply:
-        """A review was decided: run the rest of the invocation once per review, publish the final
-        result on sb.<env>.result.<id>, keep it for retries of the id, and answer the hitl service."""
+        """A review was decided: run the rest of the invocation once per review, keep the final
+        result for retries of the id, and answer the hitl service, which records it and only then
+        publishes it on sb.<env>.result.<id> (so a caller told "pending" by the record hears it)."""
         started = time.perf_counter()
         active, workflow = self._workflow(req.request.workflow)
         stored = await self.resumes.begin(req.review_id, max_in_flight_s(workflow))
@@ -195,8 +196,6 @@ class GatewayService(Service):
         finally:
             await run.settle_used()
         run.record(result)
-        await asyncio.sleep(0)  # the events enter the connection's buffer ahead of the result
-        await self.bus.nc.publish(names.result(self.settings.env, request.invocation_id), data)
         return ResumeReply(result=result)
 
     def _error_reply(self, exc: errors.SwitchboardError, raw: bytes) -> InvokeResult:

@@ -16,7 +16,7 @@ from nats.errors import NoRespondersError
 from services.hitl import api, export
 from services.hitl.reviewing import summary
 from services.hitl.store import Store, reviewer_wire
-from shared import asgi, names
+from shared import asgi, codec, names
 from shared.contracts import (
     DeciderKind,
     ExportReply,
@@ -248,7 +248,8 @@ class HitlService(Service):
         return worst / 1000 + self.settings.resume_margin_s
 
     async def _act(self, row) -> None:
-        """Ask a gateway to act on one decided review; record what followed once it has."""
+        """Ask a gateway to act on one decided review; record what followed once it has, then publish
+        the final result."""
         req = resume_request(row)
         try:
             reply = await self.bus.request(
@@ -273,7 +274,11 @@ class HitlService(Service):
         outcome = result.status.value
         if result.review_id and result.review_id != row["id"]:
             outcome += f" (review {result.review_id})"
-        await self.store.acted(row["id"], action_of(req, result), outcome, result.model_dump_json())
+        if await self.store.acted(row["id"], action_of(req, result), outcome, result.model_dump_json()):
+            # Published only once recorded: a caller subscribes, then asks the record, so it either
+            # reads the result there or hears it (published before the record, it could do neither).
+            subject = names.result(self.settings.env, req.request.invocation_id)
+            await self.bus.nc.publish(subject, codec.encode(result))
 
 
 def resume_request(row) -> ResumeRequest:

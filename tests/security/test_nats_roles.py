@@ -77,7 +77,7 @@ PROBES = [
     ("gateway", DENY, PUB, sb("router.status")),  # plans from Redis: asks the router nothing
     ("gateway", ALLOW, PUB, sb("budget.reserve")),
     ("gateway", ALLOW, PUB, sb("hitl.open")),
-    ("gateway", ALLOW, PUB, sb("result.inv-1")),
+    ("gateway", DENY, PUB, sb("result.inv-1")),  # the hitl service publishes it, once recorded
     ("gateway", ALLOW, SUB, sb("gateway.resume")),
     ("gateway", ALLOW, PUB, sb("budget.settle")),
     ("gateway", ALLOW, PUB, sb("events.invocation")),
@@ -116,7 +116,7 @@ PROBES = [
     ("hitl", ALLOW, PUB, sb("gateway.resume")),  # hand a decided review to a gateway
     ("hitl", ALLOW, SUB, sb("hitl.open")),
     ("hitl", ALLOW, SUB, sb("hitl.reviewers.add")),
-    ("hitl", DENY, PUB, sb("result.inv-1")),  # results come from the gateway that acted
+    ("hitl", ALLOW, PUB, sb("result.inv-1")),  # a decided review's result, once recorded
     ("hitl", DENY, PUB, sb("budget.settle")),
     ("hitl", DENY, PUB, f"$KV.{B}.policy"),
     ("hitl", DENY, PUB, sb("invoke.support-triage")),

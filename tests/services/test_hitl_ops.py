@@ -7,13 +7,15 @@ from __future__ import annotations
 import asyncio
 import json
 
+import asyncpg
 import pytest
 
-from shared.contracts import Status
-from tests.support.fallback import sbctl_json
+from shared import codec, names
+from shared.contracts import InvokeResult, Status
+from tests.support.fallback import sbctl_json, sim_count
 from tests.support.helpers import run_sbctl, sample
 from tests.support.hitl import REFUND, add_reviewer, api, db_rows, reviews, write_review_policy
-from tests.support.stack import wait_for
+from tests.support.stack import operator_connect, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -53,6 +55,56 @@ async def test_sdk_waits_for_the_review_or_fetches_the_result_later(stack):
         stack.infra, "invoke", "refunds", "Refund.", "--meta", "amount=900", "--env", stack.env, "--json"
     )
     assert code == 1 and json.loads(out)["status"] == "pending_review", out + err
+
+
+async def test_a_caller_told_pending_while_the_result_is_being_recorded_still_hears_it(stack):
+    """A caller subscribes to the result, then asks the record. If the result were published
+    before it is recorded, a caller that subscribed in between would be told "pending" and never
+    hear it. The test holds the record back with a lock on the audit table (seen waiting in
+    PostgreSQL), subscribes and asks in that gap, then lets the record through."""
+    await stack.start()
+    sb = await stack.client()
+    token = await add_reviewer(stack, "alice", "payments")
+    held = await sb.invoke("refunds", "Refund.", metadata=REFUND, invocation_id="inv-gap")
+    assert held.status is Status.PENDING_REVIEW
+
+    await stack.stop("gateway")  # the decision waits for a gateway: nothing is acted on yet
+    async with api(stack, token) as http:
+        assert (await http.post(f"/v1/reviews/{held.review_id}/approve", json={})).status_code == 200
+    lock = await asyncpg.connect(stack.infra.database_url)
+    try:
+        blocker = lock.transaction()
+        await blocker.start()
+        await lock.execute("lock table hitl_audit in share mode")  # the "acted" audit row waits
+        calls = await sim_count(stack, "openai-sim")
+        await stack.start("gateway")
+
+        async def recording_blocked() -> bool:
+            await lock.execute("select pg_stat_clear_snapshot()")  # else frozen for the transaction
+            return bool(
+                await lock.fetch(
+                    "select 1 from pg_stat_activity where wait_event_type = 'Lock'"
+                    " and query like 'insert into hitl_audit%'"
+                )
+            )
+
+        await wait_for(recording_blocked, timeout=30, message="the hitl service recording the result")
+        assert await sim_count(stack, "openai-sim") == calls + 1  # the gateway has acted
+        late = await operator_connect(stack.infra.nats_url)
+        try:
+            sub = await late.subscribe(names.result(stack.env, "inv-gap"))
+            await late.flush()
+            assert (await sb.result("inv-gap")).status is Status.PENDING_REVIEW  # not recorded yet
+            await blocker.rollback()
+            heard = codec.decode((await sub.next_msg(timeout=15)).data, InvokeResult)
+        finally:
+            await late.close()
+    finally:
+        await lock.close()
+    assert heard.status is Status.SUCCESS and heard.review_id == held.review_id
+    [row] = await reviews(stack, "inv-gap")
+    assert row["acted_at"] is not None and row["outcome"] == "success"
+    assert (await sb.result("inv-gap")).status is Status.SUCCESS
 
 
 async def test_queues_pending_extend_and_reassign_are_recorded_with_who_and_why(stack):

@@ -73,6 +73,14 @@ class BudgetUnavailable(Unavailable):
     code = "budget_unavailable"
 
 
+class RouterUnavailable(Unavailable):
+    """No longer raised: the gateway plans without the router. Kept so that code written for
+    SDK 0.1.0 that names it still imports; it stays an `Unavailable`, and the wire code of a
+    gateway from before the change still decodes to it."""
+
+    code = "router_unavailable"
+
+
 class ReviewUnavailable(Unavailable):
     """A gated invocation could not be stored for review: refused, never let through unreviewed."""
 

@@ -48,6 +48,21 @@ def test_retryable_is_carried_on_the_wire():
     assert errors.to_wire(errors.InvalidRequest("x")).retryable is False
 
 
+def test_router_unavailable_is_still_importable_and_caught_as_unavailable():
+    """Agent code written for SDK 0.1.0 names it in `except` clauses; planning moved into the
+    gateway, so nothing raises it any more, but the name and its place in the tree stay."""
+    from switchboard_sdk.errors import RouterUnavailable
+
+    assert issubclass(RouterUnavailable, errors.Unavailable)
+    assert RouterUnavailable.code == "router_unavailable"
+    assert RouterUnavailable.retryable is True
+    # an older gateway's wire error still arrives as the class agents catch
+    try:
+        raise errors.from_wire(ErrorInfo(code="router_unavailable", message="m", retryable=True))
+    except errors.Unavailable as caught:
+        assert type(caught) is RouterUnavailable
+
+
 def test_unknown_code_becomes_the_base_class_keeping_the_code():
     back = errors.from_wire(ErrorInfo(code="quota_melted", message="later", retryable=True))
 

@@ -55,34 +55,7 @@ from switchboard_sdk.nats_auth import AGENT_PATTERN
 DRILL_AVOID_METADATA = "switchboard.drill.avoid_provider"
 
 
-# --- plans (gateway) and provider outcomes (gateway -> router) ------------------------
-
-
-class PlannedTier(Open):
-    tier: int
-    provider: str
-    model: str
-    timeout_ms: int
-    slo_p99_ms: int | None = None
-
-
-class SkippedTier(Open):
-    tier: int
-    provider: str
-    model: str
-    reason: str
-    source: str | None = None  # blocked | cooldown | circuit_open | local_quota | drill
-
-
-class Plan(Open):
-    """Tiers to try now, in order (one is acquired at a time: quotas are debited per call);
-    `next_tier` is where to plan again if they all fail, None when the chain is done."""
-
-    workflow: str
-    config_version: str
-    tiers: list[PlannedTier]
-    skipped: list[SkippedTier] = Field(default_factory=list)
-    next_tier: int | None = None
+# --- provider outcomes (gateway -> router) -------------------------------------------
 
 
 class TierOutcome(Strict):

@@ -22,6 +22,7 @@ from services.gateway import access_log
 from services.gateway.admission import admit
 from services.gateway.gates import Facts, Match
 from services.gateway.idempotency import Replay
+from services.gateway.planning import Plan, PlannedTier
 from services.gateway.streaming import StreamRelay
 from shared import names, pricing, tokens
 from shared.contracts import (
@@ -37,8 +38,6 @@ from shared.contracts import (
     InvokeRequest,
     InvokeResult,
     OpenReview,
-    Plan,
-    PlannedTier,
     Reservation,
     ReserveRequest,
     ResumeRequest,

@@ -10,17 +10,16 @@ from __future__ import annotations
 import logging
 
 import redis.asyncio as aioredis
+from pydantic import Field
 from redis.exceptions import RedisError
 
 from shared.bus import Bus
 from shared.contracts import (
     DRILL_AVOID_METADATA,
     InvokeRequest,
-    Plan,
-    PlannedTier,
+    Open,
     RateLimitEvent,
     RateLimitSource,
-    SkippedTier,
 )
 from shared.live_config import ActivePolicy
 from shared.policy import TierSpec, WorkflowSpec
@@ -28,6 +27,34 @@ from shared.provider_state import SKIP_REASONS, TierAcquirer, TierCheck
 from shared.telemetry import metrics
 
 log = logging.getLogger("switchboard.planning")
+
+
+class PlannedTier(Open):
+    tier: int
+    provider: str
+    model: str
+    timeout_ms: int
+    slo_p99_ms: int | None = None
+
+
+class SkippedTier(Open):
+    tier: int
+    provider: str
+    model: str
+    reason: str
+    source: str | None = None  # blocked | cooldown | circuit_open | local_quota | drill
+
+
+class Plan(Open):
+    """Tiers to try now, in order (one is acquired at a time: quotas are debited per call);
+    `next_tier` is where to plan again if they all fail, None when the chain is done. Made and
+    read in the gateway's process only: since planning left the router it crosses no wire."""
+
+    workflow: str
+    config_version: str
+    tiers: list[PlannedTier]
+    skipped: list[SkippedTier] = Field(default_factory=list)
+    next_tier: int | None = None
 
 
 class Planner:

@@ -276,22 +276,23 @@ def build(reviewing: Reviewing, refresh_s: float) -> FastAPI:
     async def history(request: Request) -> HTMLResponse:
         current = await session(request)
         shown, query = _history_filter(request)
-        rows = await reviewing.history(current.who, shown)
+        found = await reviewing.history(current.who, shown)
         return page(
             request,
             "history.html",
             session=current,
-            rows=rows,
+            rows=found.reviews,
+            matching=found.matching,
             query=query,
             decisions=DECISIONS,
-            csv_query=urlencode({k: query[k] for k in ("queue", "from", "to") if query[k]}),
+            csv_query=urlencode({k: v for k, v in query.items() if v}),
         )
 
     @app.get("/history.csv")
     async def history_csv(request: Request) -> Response:
         current = await session(request)
         shown, query = _history_filter(request)
-        csv = await reviewing.audit_csv(current.who, shown.since, shown.until, shown.queue)
+        csv = await reviewing.history_csv(current.who, shown)
         name = f"switchboard-reviews-{query['from']}-to-{query['to']}.csv"
         return Response(
             csv,

@@ -14,7 +14,7 @@ import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from services.hitl import export
-from services.hitl.store import epoch
+from services.hitl.store import HistoryQuery, epoch
 from shared.contracts import InvokeResult, Message, PendingRequest, QueueState, ReviewState, ReviewSummary
 from shared.review_policy import QueueSpec
 from switchboard_sdk import errors
@@ -33,6 +33,7 @@ STATUS = {  # the HTTP status of each error, for both the API and the console
 }
 QUEUE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 REVIEW_ID = r"^[0-9a-f]{32}$"
+HISTORY_LIMIT = 500  # decided reviews listed at most; the CSV export of a filter holds them all
 
 
 def status_of(exc: errors.SwitchboardError) -> int:
@@ -176,6 +177,14 @@ class HistoryFilter:
     decision: str | None = None
 
 
+@dataclass(frozen=True)
+class History:
+    """The first `limit` decided reviews of a filter, newest first, and how many it selects."""
+
+    reviews: list[ReviewDetail]
+    matching: int
+
+
 class Reviewing:
     """The reviewer's view of the hitl service: every read and decision checks who is asking."""
 
@@ -248,17 +257,23 @@ class Reviewing:
         self.svc.record_decision(row["queue"], "escalated")
         return new
 
-    async def history(self, who: ReviewerIdentity, f: HistoryFilter, limit: int = 500) -> list[ReviewDetail]:
-        queues = self._visible(who, f.queue)
-        rows = await self.svc.store.history(
-            _utc(f.since), _utc(f.until), queues, f.reviewer, f.decision, limit
-        )
-        return [detail(r) for r in rows]
+    async def history(self, who: ReviewerIdentity, f: HistoryFilter, limit: int = HISTORY_LIMIT) -> History:
+        query = self._history_query(who, f)
+        rows = await self.svc.store.history(query, limit)
+        matching = len(rows) if len(rows) < limit else await self.svc.store.history_count(query)
+        return History([detail(r) for r in rows], matching)
 
-    async def audit_csv(
-        self, who: ReviewerIdentity, since: datetime, until: datetime, queue: str | None = None
-    ) -> str:
-        rows = await self.svc.store.audit_rows(_utc(since), _utc(until), self._visible(who, queue))
+    async def history_csv(self, who: ReviewerIdentity, f: HistoryFilter) -> str:
+        """The audit trail of every review `history` selects with the same filter, none left out."""
+        return export.to_csv(await self.svc.store.history_audit_rows(self._history_query(who, f)))
+
+    def _history_query(self, who: ReviewerIdentity, f: HistoryFilter) -> HistoryQuery:
+        queues = self._visible(who, f.queue)
+        return HistoryQuery(_utc(f.since), _utc(f.until), queues, f.reviewer, f.decision)
+
+    async def audit_csv(self, who: ReviewerIdentity, since: datetime, until: datetime) -> str:
+        """Every audit row of the reviewer's queues in [since, until), whatever review it is of."""
+        rows = await self.svc.store.audit_rows(_utc(since), _utc(until), self._visible(who, None))
         return export.to_csv(rows)
 
     def _visible(self, who: ReviewerIdentity, queue: str | None) -> list[str]:

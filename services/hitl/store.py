@@ -8,7 +8,7 @@ import hashlib
 import secrets
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import orjson
@@ -74,6 +74,26 @@ _AGED = (
     "select *, extract(epoch from now() - requested_at) as age_s, sla_deadline <= now() as late"
     " from hitl_reviews"
 )
+
+_AUDIT_ROWS = (  # audit rows with their review's fields, as services/hitl/export.py writes them
+    "select a.*, r.workflow, r.agent, r.stage, r.rule, r.matched, r.config_version, r.requested_at,"
+    " r.claimed_at, r.decided_at, r.acted_at, r.request"
+    " from hitl_audit a join hitl_reviews r on r.id = a.review_id"
+)
+# The decided reviews of a history query: $1 env, then the fields of HistoryQuery in order.
+_HISTORY = (
+    " where env = $1 and state <> 'pending' and decided_at >= $2 and decided_at < $3"
+    " and queue = any($4) and ($5::text is null or $5 = any(string_to_array(decided_by, ',')))"
+    " and ($6::text is null or decision = $6)"
+)
+
+
+class HistoryQuery(NamedTuple):
+    since: datetime
+    until: datetime
+    queues: list[str]
+    reviewer: str | None
+    decision: str | None
 
 
 class Store:
@@ -468,41 +488,31 @@ class Store:
         self, since: datetime, until: datetime, queues: list[str] | None = None
     ) -> list[Row]:
         return await self.pool.fetch(
-            "select a.*, r.workflow, r.agent, r.stage, r.rule, r.matched, r.config_version, r.requested_at,"
-            " r.claimed_at, r.decided_at, r.acted_at, r.request"
-            " from hitl_audit a join hitl_reviews r on r.id = a.review_id"
-            " where a.env = $1 and a.ts >= $2 and a.ts < $3 and ($4::text[] is null or a.queue = any($4))"
-            " order by a.ts, a.id",
+            _AUDIT_ROWS + " where a.env = $1 and a.ts >= $2 and a.ts < $3"
+            " and ($4::text[] is null or a.queue = any($4)) order by a.ts, a.id",
             self.env,
             since,
             until,
             queues,
         )
 
-    async def history(
-        self,
-        since: datetime,
-        until: datetime,
-        queues: list[str],
-        reviewer: str | None,
-        decision: str | None,
-        limit: int,
-    ) -> list[Row]:
+    async def history(self, f: HistoryQuery, limit: int) -> list[Row]:
         """Reviews decided (or escalated away) in [since, until), newest first; `reviewer` matches
         any of the approvers of a four-eyes decision."""
         return await self.pool.fetch(
-            _AGED + " where env = $1 and state <> 'pending' and decided_at >= $2"
-            " and decided_at < $3 and queue = any($4)"
-            " and ($5::text is null or $5 = any(string_to_array(decided_by, ',')))"
-            " and ($6::text is null or decision = $6)"
-            " order by decided_at desc, id limit $7",
+            _AGED + _HISTORY + " order by decided_at desc, id limit $7", self.env, *f, limit
+        )
+
+    async def history_count(self, f: HistoryQuery) -> int:
+        return await self.pool.fetchval("select count(*) from hitl_reviews" + _HISTORY, self.env, *f)
+
+    async def history_audit_rows(self, f: HistoryQuery) -> list[Row]:
+        """Every audit row of the reviews `history` selects (without its limit), oldest first."""
+        return await self.pool.fetch(
+            _AUDIT_ROWS + " where a.review_id in (select id from hitl_reviews" + _HISTORY + ")"
+            " order by a.ts, a.id",
             self.env,
-            since,
-            until,
-            queues,
-            reviewer,
-            decision,
-            limit,
+            *f,
         )
 
 

@@ -17,6 +17,7 @@ import io
 import shutil
 import threading
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import orjson
@@ -410,7 +411,26 @@ def test_a_reviewer_outside_the_queue_is_refused_as_by_the_api(page, console):
 # --- history and export -----------------------------------------------------------------------
 
 
-def test_history_filters_and_the_csv_export_of_the_range_shown(page, console, tmp_path):
+def export(page: Page) -> list[dict]:
+    """The CSV behind the history page's export link, as rows."""
+    with page.expect_download() as download:
+        page.locator("#export").click()
+    text = download.value.path().read_bytes().decode()
+    assert text.endswith("\r\n")
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def show(page: Page, **filters: str) -> None:
+    for label, value in filters.items():
+        field = page.get_by_label(label)
+        if label in ("Queue", "Decision"):
+            field.select_option(value)
+        else:
+            field.fill(value)
+    page.get_by_role("button", name="Show").click()
+
+
+def test_history_filters_and_their_csv_export_select_the_same_reviews(page, console):
     rejected, approved = console.hold(), console.hold()
     decide = [
         console.api("alice", "POST", f"/v1/reviews/{rejected.review_id}/reject", json={"reason": "no"}),
@@ -419,30 +439,105 @@ def test_history_filters_and_the_csv_export_of_the_range_shown(page, console, tm
     assert [r.status_code for r in decide] == [200, 200]
     for held in (rejected, approved):
         console.loop.run(wait_acted(console.stack, held.review_id))
+    trail = {  # each review's audit rows as the test's decisions left them in PostgreSQL
+        held.invocation_id: [
+            (a["event"], a["actor"], a["decision"] or "")
+            for a in console.loop.run(audit(console.stack, held.invocation_id))
+        ]
+        for held in (rejected, approved)
+    }
+
+    def exported(rows: list[dict]) -> dict[str, list[tuple]]:
+        got: dict[str, list[tuple]] = {}
+        for r in rows:
+            if r["invocation_id"] in trail:
+                got.setdefault(r["invocation_id"], []).append((r["event"], r["actor"], r["decision"]))
+        return got
+
+    def reviews_of(rows: list[dict]) -> list[dict]:
+        ids = sorted({r["review_id"] for r in rows})
+        return console.loop.run(
+            db_rows(console.stack, "select * from hitl_reviews where env = $1 and id = any($2)", ids)
+        )
+
     sign_in(page, console, "alice")
     page.get_by_role("link", name="History").click()
     expect(page.locator(f"#history-{rejected.review_id}")).to_be_visible()
     expect(page.locator(f"#history-{approved.review_id}")).to_be_visible()
+    assert exported(export(page)) == trail
 
-    page.get_by_label("Decision").select_option("rejected")
-    page.get_by_role("button", name="Show").click()
+    show(page, Decision="rejected")
     expect(page.locator(f"#history-{rejected.review_id}")).to_contain_text("no")
     expect(page.locator(f"#history-{approved.review_id}")).to_have_count(0)
-    page.get_by_label("Decision").select_option("")
-    page.get_by_label("Reviewer").fill("bob")
-    page.get_by_role("button", name="Show").click()
+    rows = export(page)
+    assert exported(rows) == {rejected.invocation_id: trail[rejected.invocation_id]}
+    assert {r["decision"] for r in reviews_of(rows)} == {"rejected"}
+
+    show(page, Decision="", Reviewer="bob")
     expect(page.locator(f"#history-{approved.review_id}")).to_be_visible()
     expect(page.locator(f"#history-{rejected.review_id}")).to_have_count(0)
+    rows = export(page)
+    assert exported(rows) == {approved.invocation_id: trail[approved.invocation_id]}
+    assert all("bob" in r["decided_by"].split(",") for r in reviews_of(rows))
 
-    with page.expect_download() as download:
-        page.locator("#export").click()
-    text = download.value.path().read_bytes().decode()
-    rows = list(csv.DictReader(io.StringIO(text)))
-    assert text.endswith("\r\n") and rows
-    for held in (rejected, approved):
-        expected = console.loop.run(audit(console.stack, held.invocation_id))
-        got = [r for r in rows if r["invocation_id"] == held.invocation_id]
-        assert [(r["event"], r["actor"], r["decision"]) for r in got] == [
-            (a["event"], a["actor"], a["decision"] or "") for a in expected
-        ]
-    assert {r["queue"] for r in rows} <= {"payments", "payments-leads"}
+    show(page, Reviewer="", Queue="payments-leads")
+    expect(page.locator(f"#history-{approved.review_id}")).to_have_count(0)
+    rows = export(page)
+    assert exported(rows) == {}
+    assert {r["queue"] for r in reviews_of(rows)} <= {"payments-leads"}
+
+    yesterday = (datetime.now(UTC).date() - timedelta(days=1)).isoformat()
+    show(page, Queue="", **{"From (UTC)": yesterday, "To (UTC, inclusive)": yesterday})
+    expect(page.get_by_text("No decided reviews match.")).to_be_visible()
+    assert exported(export(page)) == {}
+
+
+# Copies of one decided review, one an hour from FIRST: reviews (and their `decided` audit rows)
+# in a past month that no other test touches, enough to pass the page's cap.
+FIRST = datetime(2020, 1, 15, tzinfo=UTC)
+COPY = """
+with copies as (
+    insert into hitl_reviews (id, env, invocation_id, stage, workflow, agent, rule, matched,
+        config_version, queue, owner, queue_spec, state, request, requested_at, sla_deadline,
+        deadline, decided_at, decided_by, decided_kind, decision, reason, acted_at, action, outcome)
+    select md5(r.id || g), r.env, 'cap-' || md5(r.id || g), r.stage, r.workflow, r.agent, r.rule,
+        r.matched, r.config_version, r.queue, r.owner, r.queue_spec, 'rejected', r.request,
+        t - interval '1 minute', t + interval '1 hour', t + interval '2 hours', t, 'alice', 'human',
+        'rejected', 'copy', t, r.action, r.outcome
+    from hitl_reviews r, generate_series(1, $3) g,
+        lateral (select $4::timestamptz + g * interval '1 hour' as t) x
+    where r.env = $1 and r.id = $2
+    returning *
+)
+insert into hitl_audit (env, ts, review_id, invocation_id, event, queue, owner, sla_deadline, deadline,
+    actor, actor_kind, decision, reason)
+select env, decided_at, id, invocation_id, 'decided', queue, owner, sla_deadline, deadline, 'alice',
+    'human', 'rejected', 'copy' from copies
+returning review_id
+"""
+
+
+def test_history_says_when_it_shows_only_the_first_500_and_the_export_holds_every_one(page, console):
+    held = console.hold()
+    decided = console.api("alice", "POST", f"/v1/reviews/{held.review_id}/reject", json={"reason": "no"})
+    assert decided.status_code == 200
+    console.loop.run(wait_acted(console.stack, held.review_id))
+    copies = 501
+    made = console.loop.run(db_rows(console.stack, COPY, held.review_id, copies, FIRST))
+    created = {r["review_id"] for r in made}
+    assert len(created) == copies
+
+    sign_in(page, console, "alice")
+    page.goto(console.url("/history?from=2020-01-01&to=2020-02-29"))
+    expect(page.locator("table.history tbody tr")).to_have_count(500)
+    expect(page.locator("#capped")).to_have_text(
+        f"Showing the first 500 of {copies} decided reviews; narrow the range or the filters to see the rest."
+    )
+    rows = export(page)
+    assert {r["review_id"] for r in rows} == created
+    assert len(rows) == copies
+
+    page.goto(console.url("/history?from=2020-01-15&to=2020-01-16"))
+    within = sum(1 for g in range(1, copies + 1) if FIRST + timedelta(hours=g) < FIRST + timedelta(days=2))
+    expect(page.locator("table.history tbody tr")).to_have_count(within)
+    expect(page.locator("#capped")).to_have_count(0)

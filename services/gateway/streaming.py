@@ -5,7 +5,12 @@ The completion cap (the reservation's max_tokens) is counted as one token per ch
 bound: the stream is cut when a chunk would pass it. A provider that packs several tokens in a
 chunk is still held by the max_tokens it was asked for, and its reported usage is what settles.
 A failure before the first chunk is raised like any failed call (the next tier may serve it);
-after it, the chunks sent cannot be taken back, so the relay ends and says it was interrupted."""
+after it, the chunks sent cannot be taken back, so the relay ends and says it was interrupted.
+A chunk this process cannot publish (its NATS connection closed, its buffer full while it
+reconnects, a chunk larger than a message may be) ends the relay the same way, reading no more
+of the provider: the tokens produced so far, that one included, are what settles. A requester
+that went away fails no publish (core NATS drops what nobody listens to): that stream is read
+to its end and settled in full."""
 
 from __future__ import annotations
 
@@ -13,9 +18,10 @@ import contextlib
 import time
 
 from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
 
 from shared import codec
-from shared.contracts import Message, StreamEnd, StreamInfo
+from shared.contracts import AttemptOutcome, Message, StreamEnd, StreamInfo
 from shared.providers.base import CallParams, Completion, ProviderAdapter, ProviderCallError
 
 
@@ -55,16 +61,20 @@ class StreamRelay:
                             self.end = StreamEnd.CAP
                             break
                         pieces.append(piece)
-                        await self._send(piece)
+                        try:
+                            await self._send(piece)
+                        except NatsError as exc:
+                            broken, self.end = _unrelayed(len(pieces), exc), StreamEnd.INTERRUPTED
+                            break
             except ProviderCallError as exc:
                 if not pieces:
                     raise
                 broken, self.end = exc, StreamEnd.INTERRUPTED
         reported = stream.completion_tokens
-        if self.end is not StreamEnd.COMPLETE or reported is None:  # no final count: chunks sent
+        if self.end is not StreamEnd.COMPLETE or reported is None:  # no final count: chunks read
             reported = max(len(pieces), reported or 0)
         completion = Completion(
-            output="".join(pieces),
+            output="".join(pieces[: self.sent]),
             prompt_tokens=stream.prompt_tokens if stream.prompt_tokens is not None else prompt_estimate,
             completion_tokens=reported,
             finish_reason="length" if self.end is StreamEnd.CAP else stream.finish_reason,
@@ -78,3 +88,10 @@ class StreamRelay:
         chunk = {"invocation_id": self.invocation_id, "seq": self.sent, "delta": piece}
         await self.nc.publish(self.inbox, codec.encode(chunk))
         self.sent += 1
+
+
+def _unrelayed(n: int, exc: NatsError) -> ProviderCallError:
+    """Why a stream stopped at chunk `n` although its provider answered (the attempt stays ok)."""
+    return ProviderCallError(
+        AttemptOutcome.OK, f"chunk {n} could not be relayed to the requester ({type(exc).__name__})"
+    )

@@ -22,7 +22,7 @@ import orjson
 from aiohttp import web
 
 from services.simulator.completions import generate, last_user_text, pieces, prompt_tokens
-from services.simulator.faults import FaultRule, FaultSpecError, FaultTable
+from services.simulator.faults import OVERSIZE_BYTES, FaultRule, FaultSpecError, FaultTable
 
 DEFAULT_PROVIDER = "default"
 HANG_S = 300.0
@@ -155,6 +155,16 @@ def _answer(prefix: str, provider: str, asked: Asked, max_tokens: int | None) ->
         completion_tokens=completion,
         truncated=truncated,
     )
+
+
+def _oversize(text: str, index: int) -> str:
+    """The text with its word at `index` (after the label) grown to OVERSIZE_BYTES: still one
+    word, so one stream chunk and one completion token."""
+    label, _, body = text.partition("] ")
+    words = body.split(" ")
+    if index < len(words):
+        words[index] += "x" * (OVERSIZE_BYTES - len(words[index]))
+    return f"{label}] {' '.join(words)}"
 
 
 # An answer as server-sent events: (head, one event per content chunk, tail).
@@ -432,7 +442,7 @@ async def _complete(
         return api.error(400, str(exc))
 
     latency = state.latency_for(provider)
-    max_tokens, break_after = asked.max_tokens, None
+    max_tokens, break_after, oversize_at = asked.max_tokens, None, None
     rule = state.faults.match(provider, model)
     if rule is not None:
         if rule.kind == "latency":
@@ -441,11 +451,15 @@ async def _complete(
             max_tokens = None
         elif rule.kind == "break":
             break_after = rule.after_chunks
+        elif rule.kind == "oversize":
+            oversize_at = rule.after_chunks
         else:
             return await _fault_response(api, rule, state, provider, api.presented_key(request))
     if latency > 0:
         await asyncio.sleep(latency / 1000.0)
     answer = _answer(api.id_prefix, provider, asked, max_tokens)
+    if oversize_at is not None:
+        answer.text = _oversize(answer.text, oversize_at)
     if asked.stream:
         return await _stream(request, api.events(answer, asked), break_after)
     if break_after is not None:

@@ -14,7 +14,12 @@ from typing import Any
 # "break" drops the connection after `after_chunks` content chunks of a stream (part of the body
 # when the request does not stream): a stream that stops half-way without an end event.
 # "overrun" answers as if no max_tokens had been asked for: a provider that ignores the cap.
-KINDS = frozenset({"429", "500", "503", "400", "401", "hang", "malformed", "latency", "break", "overrun"})
+# "oversize" makes the word after `after_chunks` words OVERSIZE_BYTES long: in a stream, one chunk
+# larger than a NATS message may be (1 MiB by default), which a gateway cannot relay.
+KINDS = frozenset(
+    {"429", "500", "503", "400", "401", "hang", "malformed", "latency", "break", "overrun", "oversize"}
+)
+OVERSIZE_BYTES = 2 * 1024 * 1024
 DEFAULT_RETRY_AFTER_S = 1.0
 
 

@@ -1,7 +1,8 @@
 """Streamed invocations through the SDK over NATS, against real services and the simulator over
 HTTP: chunks reach the requester's own inbox in order and end with the final result; a failure
 before the first chunk falls back; a break after it raises `StreamInterrupted` (audit row,
-partial usage in the ledger), never a clean end; the completion cap cuts a stream; a workflow
+partial usage in the ledger), never a clean end, and so does a chunk the gateway cannot publish
+(every token produced charged); the completion cap cuts a stream; a workflow
 whose output is reviewed does not stream; a retry replays the final result; the blocking client
 streams too."""
 
@@ -14,6 +15,7 @@ import nats
 import pytest
 
 from services.simulator.completions import prompt_tokens
+from services.simulator.faults import OVERSIZE_BYTES
 from shared import codec, names, tokens
 from shared.contracts import (
     AttemptOutcome,
@@ -147,6 +149,35 @@ async def test_a_break_after_the_fifth_chunk_raises_and_settles_the_partial_usag
     assert (row["prompt_tokens"], row["completion_tokens"]) == (estimate, 5)
     await settled(running, sid, estimate + 5)
     assert streams_metric("interrupted") == before + 1
+
+
+async def test_a_chunk_the_gateway_cannot_relay_ends_the_stream_and_settles_what_was_produced(running):
+    """The provider's fourth chunk is larger than a NATS message may be, so the gateway's publish
+    of it fails: the stream ends there, and the four chunks the provider produced are charged."""
+    nc = await nats.connect(running.infra.nats_url, **running.infra.nats_options)
+    limit = nc.max_payload
+    await nc.close()
+    assert OVERSIZE_BYTES > limit
+    await running.sim.control.add_fault("oversize", provider=PRIMARY[0], after_chunks=3, count=1)
+    sid, prompt = session(), "a chunk too large to relay"
+    sb = await running.client()
+    chunks = []
+
+    with pytest.raises(StreamInterrupted) as caught:
+        async with sb.stream(WF, prompt, session_id=sid) as s:
+            async for chunk in s:
+                chunks.append(chunk)
+
+    assert [c.seq for c in chunks] == [0, 1, 2]
+    assert "after 3 chunks" in caught.value.message
+    final = s.result
+    assert final.status is Status.ERROR and final.error.code == "stream_interrupted"
+    assert final.output == texts(chunks)  # what the agent has, and no more
+    estimate = tokens.estimate([Message(role="user", content=prompt)])  # the stream was cut
+    assert (final.usage.prompt_tokens, final.usage.completion_tokens) == (estimate, 4)
+    assert [a.outcome for a in final.attempts] == [AttemptOutcome.OK]  # the provider did its part
+    assert (await sim_count(running, *PRIMARY), await sim_count(running, *SECONDARY)) == (1, 0)
+    await settled(running, sid, estimate + 4)
 
 
 async def test_the_completion_cap_cuts_a_stream_and_is_recorded(running):

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from services.simulator.app import STATE, SimState, start
+from services.simulator.faults import OVERSIZE_BYTES
 from shared.simctl import SimulatorControl
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -603,6 +604,21 @@ async def test_overrun_fault_ignores_max_tokens(sim: Sim) -> None:
     data = (await sim.openai(max_tokens=2)).json()
     assert data["usage"]["completion_tokens"] == full > 2
     assert data["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_oversize_fault_makes_one_word_and_one_stream_chunk_oversize(sim: Sim) -> None:
+    whole = (await sim.openai()).json()
+    await sim.ctl.add_fault("oversize", after_chunks=2, count=1)
+    r = await sim.openai(stream=True)
+    deltas = [
+        json.loads(d)["choices"][0]["delta"].get("content") for _, d in sse_events(r.content) if d != "[DONE]"
+    ]
+    pieces = [d for d in deltas if d]
+    assert [len(p) > 1000 for p in pieces].count(True) == 1
+    assert pieces[2] == " " + pieces[2].strip() and len(pieces[2].strip()) == OVERSIZE_BYTES
+    assert len(pieces) == whole["usage"]["completion_tokens"]  # still one word, one token
+    again = (await sim.openai()).json()  # the rule was used up
+    assert again["choices"] == whole["choices"]
 
 
 async def test_invalid_stream_requests_are_400(sim: Sim) -> None:

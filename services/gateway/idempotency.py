@@ -8,7 +8,9 @@ is reserved or routed. The finished reply replaces the in-flight marker *before*
 a gateway killed after answering leaves a stored reply, never an id that a retry would run
 again. The in-flight marker is a lease (`leases.py`): kept alive while this gateway works on
 the id, lapsing within `claim_ttl_s` once it dies, so that a retry of a call a dead gateway
-held runs again seconds later.
+held runs again seconds later. It is kept for at most the invocation's worst case, counted again
+at every chunk a stream relays (`keeper`): a tier's timeout bounds the wait for a stream's next
+chunk, not the stream, so a long stream would otherwise lose its claim while it still runs.
 
 When Redis does not take the claim (down, refusing writes), the invocation still runs without
 de-duplication: a retry of it may run again. That degradation is explicit: a warning naming the
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 
 import orjson
 import redis.asyncio as aioredis
@@ -83,6 +86,12 @@ class Idempotency:
         if len(stored) == FINGERPRINT_LEN:
             raise errors.DuplicateInFlight(f"invocation {req.invocation_id} is already in flight")
         raise Replay(stored[FINGERPRINT_LEN:])
+
+    def keeper(self, invocation_id: str, max_in_flight_s: float) -> Callable[[], None]:
+        """For a stream: each call counts the claim's worst case again from now, so an id stays
+        in flight while its stream goes on relaying chunks, however long that is."""
+        key = keys.idempotency(self.env, invocation_id)
+        return lambda: self.leases.hold(key, max_in_flight_s)
 
     async def finish(self, invocation_id: str, digest: bytes | None, reply: bytes) -> None:
         """Store the reply for retries; called before the reply is sent."""

@@ -183,8 +183,11 @@ class Invocation:
     async def admit(self) -> None:
         """Claim the invocation id first: a replay, a duplicate in flight or a conflicting request
         reserves nothing and takes no tier (see `Idempotency.begin`)."""
-        self.digest = await self.gw.idempotency.begin(self.req, max_in_flight_s(self.workflow))
+        worst = max_in_flight_s(self.workflow)
+        self.digest = await self.gw.idempotency.begin(self.req, worst)
         self._began = True
+        if self.relay is not None and self.digest is not None:
+            self.relay.alive = self.gw.idempotency.keeper(self.req.invocation_id, worst)
         if self.refusal is not None:
             raise self.refusal
         admit(self.gw.switches.current, self.req)  # an operator's stop switch raises Paused

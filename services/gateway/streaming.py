@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
@@ -36,6 +37,9 @@ class StreamRelay:
         self.sent = 0
         self.first_chunk_ms: float | None = None
         self.end = StreamEnd.COMPLETE
+        # Called after each chunk sent: keeps the invocation id's claim for as long as the
+        # stream goes on, which no tier timeout bounds (a timeout is for the next chunk).
+        self.alive: Callable[[], None] | None = None
 
     def info(self) -> StreamInfo:
         return StreamInfo(chunks=self.sent, first_chunk_ms=self.first_chunk_ms, end=self.end)
@@ -88,6 +92,8 @@ class StreamRelay:
         chunk = {"invocation_id": self.invocation_id, "seq": self.sent, "delta": piece}
         await self.nc.publish(self.inbox, codec.encode(chunk))
         self.sent += 1
+        if self.alive is not None:
+            self.alive()
 
 
 def _unrelayed(n: int, exc: NatsError) -> ProviderCallError:

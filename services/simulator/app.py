@@ -453,7 +453,7 @@ async def _complete(
             break_after = rule.after_chunks
         elif rule.kind == "oversize":
             oversize_at = rule.after_chunks
-        else:
+        elif rule.kind != "drip":
             return await _fault_response(api, rule, state, provider, api.presented_key(request))
     if latency > 0:
         await asyncio.sleep(latency / 1000.0)
@@ -461,6 +461,8 @@ async def _complete(
     if oversize_at is not None:
         answer.text = _oversize(answer.text, oversize_at)
     if asked.stream:
+        if rule is not None and rule.kind == "drip":
+            return await _drip(request, api.events(answer, asked), rule, state)
         return await _stream(request, api.events(answer, asked), break_after)
     if break_after is not None:
         return await _cut(request, api.full(answer))
@@ -479,6 +481,22 @@ async def _stream(request: web.Request, events: Events, break_after: int | None)
         return response
     await response.write(b"".join((*head, *chunks[:break_after])))
     return _drop(request, response)
+
+
+async def _drip(request: web.Request, events: Events, rule: FaultRule, state: SimState) -> web.StreamResponse:
+    """One content chunk every `latency_ms` while the rule is in place (then keep-alive comments,
+    as providers ping, once the chunks run out); the rest at once when it is removed."""
+    head, chunks, tail = events
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    await response.write(b"".join(head))
+    rest = list(chunks)
+    while rule in state.faults and not state.stopping.is_set():
+        await asyncio.sleep(rule.latency_ms / 1000.0)
+        await response.write(rest.pop(0) if rest else b": keep-alive\n\n")
+    await response.write(b"".join((*rest, *tail)))
+    await response.write_eof()
+    return response
 
 
 async def _cut(request: web.Request, body: bytes) -> web.StreamResponse:

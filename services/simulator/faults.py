@@ -16,8 +16,12 @@ from typing import Any
 # "overrun" answers as if no max_tokens had been asked for: a provider that ignores the cap.
 # "oversize" makes the word after `after_chunks` words OVERSIZE_BYTES long: in a stream, one chunk
 # larger than a NATS message may be (1 MiB by default), which a gateway cannot relay.
+# "drip" streams one content chunk every `latency_ms` for as long as the rule is in place, and the
+# rest at once when it is removed: a long stream that a test releases (a request that does not
+# stream is answered at once).
 KINDS = frozenset(
-    {"429", "500", "503", "400", "401", "hang", "malformed", "latency", "break", "overrun", "oversize"}
+    {"429", "500", "503", "400", "401", "hang", "malformed", "latency", "break", "overrun"}
+    | {"oversize", "drip"}
 )
 OVERSIZE_BYTES = 2 * 1024 * 1024
 DEFAULT_RETRY_AFTER_S = 1.0
@@ -79,6 +83,10 @@ class FaultTable:
     def __len__(self) -> int:
         return len(self._rules)
 
+    def __contains__(self, rule: FaultRule) -> bool:
+        """Whether this rule is still in place (not removed, not used up)."""
+        return any(r is rule for r in self._rules)
+
     def add_spec(self, spec: Any) -> FaultRule:
         """Validate a JSON fault description and add it."""
         if not isinstance(spec, dict):
@@ -95,8 +103,8 @@ class FaultTable:
             raise FaultSpecError("count must be >= 1")
         retry_after = _opt_number(spec, "retry_after_s")
         latency = _opt_number(spec, "latency_ms")
-        if kind == "latency" and latency is None:
-            raise FaultSpecError("latency_ms is required for kind 'latency'")
+        if kind in ("latency", "drip") and latency is None:
+            raise FaultSpecError(f"latency_ms is required for kind {kind!r}")
         after = spec.get("after_chunks")
         if after is not None and (isinstance(after, bool) or not isinstance(after, int) or after < 0):
             raise FaultSpecError("after_chunks must be a non-negative integer or null")

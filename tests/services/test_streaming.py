@@ -2,7 +2,8 @@
 HTTP: chunks reach the requester's own inbox in order and end with the final result; a failure
 before the first chunk falls back; a break after it raises `StreamInterrupted` (audit row,
 partial usage in the ledger), never a clean end, and so does a chunk the gateway cannot publish
-(every token produced charged); the completion cap cuts a stream; a workflow
+(every token produced charged); a stream that outlasts the invocation's worst case keeps its
+id claimed against a duplicate; the completion cap cuts a stream; a workflow
 whose output is reviewed does not stream; a retry replays the final result; the blocking client
 streams too."""
 
@@ -13,10 +14,12 @@ import uuid
 
 import nats
 import pytest
+import yaml
 
-from services.simulator.completions import prompt_tokens
+from services.gateway.invocation import max_in_flight_s
+from services.simulator.completions import generate, prompt_tokens
 from services.simulator.faults import OVERSIZE_BYTES
-from shared import codec, names, tokens
+from shared import codec, keys, names, tokens
 from shared.contracts import (
     AttemptOutcome,
     BudgetShowReply,
@@ -178,6 +181,45 @@ async def test_a_chunk_the_gateway_cannot_relay_ends_the_stream_and_settles_what
     assert [a.outcome for a in final.attempts] == [AttemptOutcome.OK]  # the provider did its part
     assert (await sim_count(running, *PRIMARY), await sim_count(running, *SECONDARY)) == (1, 0)
     await settled(running, sid, estimate + 4)
+
+
+async def test_a_stream_longer_than_the_claims_worst_case_keeps_its_id_in_flight(stack, redis):
+    """A stream lasts as long as its provider keeps sending, past the invocation's worst case
+    (every tier's timeout and a margin) that bounds how long a gateway holds the id's claim. A
+    duplicate that arrives then is refused as in flight, and the provider is called once."""
+    doc = yaml.safe_load((stack.policy_dir / "workflows.yaml").read_text())
+    for tier in doc["workflows"][WF]["tiers"]:
+        tier["timeout_ms"] = 3000  # a chunk each second is well within a tier's idle timeout
+    stack.write_policy("workflows.yaml", doc)
+    await stack.start(gateway={"claim_ttl_s": 1.0})
+    gateway = stack["gateway"]
+    worst = max_in_flight_s(gateway.config.active.policy.workflows[WF]) + gateway.settings.claim_ttl_s
+    # an answer whose chunks, one a second, outlast the worst case by a few seconds
+    prompt = next(p for p in (f"drip {i}" for i in range(1000)) if generate(*PRIMARY, p, 64)[1] >= worst + 8)
+    drip = await stack.sim.control.add_fault("drip", provider=PRIMARY[0], latency_ms=1000)
+    iid, sid = uuid.uuid4().hex, session()
+    ask = {"invocation_id": iid, "session_id": sid, "max_tokens": 64, "timeout": 20}
+    sb = await stack.client()
+    loop = asyncio.get_running_loop()
+
+    async with sb.stream(WF, prompt, **ask) as long:
+        reading = aiter(long)
+        chunks = [await anext(reading)]
+        since = loop.time()  # the claim was taken before the first chunk was sent
+        while loop.time() - since < worst + 1:
+            chunks.append(await anext(reading))
+        assert await redis.pttl(keys.idempotency(stack.env, iid)) > 0
+        async with asyncio.timeout(15), sb.stream(WF, prompt, **ask) as duplicate:
+            assert [c async for c in duplicate] == []
+        assert duplicate.result.error.code == "duplicate_in_flight", duplicate.result
+        await stack.sim.control.remove_fault(drip)  # the provider sends the rest at once
+        chunks += [c async for c in reading]
+
+    final = long.result
+    assert final.status is Status.SUCCESS, final
+    assert texts(chunks) == final.output and final.usage.completion_tokens == len(chunks)
+    assert await sim_count(stack, *PRIMARY) == 1
+    await settled(stack, sid, final.usage.prompt_tokens + final.usage.completion_tokens)
 
 
 async def test_the_completion_cap_cuts_a_stream_and_is_recorded(running):

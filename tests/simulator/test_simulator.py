@@ -621,6 +621,25 @@ async def test_oversize_fault_makes_one_word_and_one_stream_chunk_oversize(sim: 
     assert again["choices"] == whole["choices"]
 
 
+async def test_drip_fault_sends_a_chunk_per_interval_until_removed_then_the_rest(sim: Sim) -> None:
+    whole = (await sim.openai()).json()["choices"][0]["message"]["content"]
+    drip = await sim.ctl.add_fault("drip", latency_ms=20)
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}], "stream": True}
+    received, held = b"", True
+    url = "/p/openai-sim/v1/chat/completions"
+    async with sim.http.stream("POST", url, json=body, headers=OA_AUTH) as r:
+        async for part in r.aiter_bytes():
+            received += part
+            if held and received.count(b'"content"') >= 4:  # the role chunk and three words, dripped
+                assert b"[DONE]" not in received
+                await sim.ctl.remove_fault(drip)
+                held = False
+    events = [data for _, data in sse_events(received)]
+    deltas = [json.loads(d)["choices"][0]["delta"].get("content") for d in events[:-1]]
+    assert "".join(d for d in deltas if d) == whole
+    assert events[-1] == "[DONE]"
+
+
 async def test_invalid_stream_requests_are_400(sim: Sim) -> None:
     assert_openai_error(await sim.openai(stream="yes"), 400, "invalid_request_error")
     assert_openai_error(

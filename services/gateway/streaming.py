@@ -87,10 +87,10 @@ class StreamRelay:
         return completion, broken
 
     async def _send(self, piece: str) -> None:
-        if self.first_chunk_ms is None:
-            self.first_chunk_ms = round((time.perf_counter() - self.started) * 1000, 3)
         chunk = {"invocation_id": self.invocation_id, "seq": self.sent, "delta": piece}
         await self.nc.publish(self.inbox, codec.encode(chunk))
+        if self.first_chunk_ms is None:  # timed once it is sent: a chunk that failed reached no one
+            self.first_chunk_ms = round((time.perf_counter() - self.started) * 1000, 3)
         self.sent += 1
         if self.alive is not None:
             self.alive()

@@ -10,6 +10,7 @@ streams too."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 
 import nats
@@ -181,6 +182,29 @@ async def test_a_chunk_the_gateway_cannot_relay_ends_the_stream_and_settles_what
     assert [a.outcome for a in final.attempts] == [AttemptOutcome.OK]  # the provider did its part
     assert (await sim_count(running, *PRIMARY), await sim_count(running, *SECONDARY)) == (1, 0)
     await settled(running, sid, estimate + 4)
+
+
+async def test_a_first_chunk_the_gateway_cannot_relay_is_charged_and_times_no_first_chunk(running):
+    """Nothing reached the requester, so the stream says so (no chunk, no time to a first one,
+    none observed in the metric), while the one chunk the provider produced is still charged."""
+    await running.sim.control.add_fault("oversize", provider=PRIMARY[0], after_chunks=0, count=1)
+    sid, prompt = session(), "a first chunk too large to relay"
+    before = sample("switchboard_stream_first_chunk_seconds_count", workflow=WF)
+    sb = await running.client()
+    chunks = []
+
+    with contextlib.suppress(StreamInterrupted):
+        async with sb.stream(WF, prompt, session_id=sid) as s:
+            async for chunk in s:
+                chunks.append(chunk)
+
+    final = s.result
+    assert chunks == [] and final.error.code == "stream_interrupted" and final.output == ""
+    assert (final.stream.chunks, final.stream.first_chunk_ms) == (0, None)
+    assert sample("switchboard_stream_first_chunk_seconds_count", workflow=WF) == before
+    estimate = tokens.estimate([Message(role="user", content=prompt)])
+    assert (final.usage.prompt_tokens, final.usage.completion_tokens) == (estimate, 1)
+    await settled(running, sid, estimate + 1)
 
 
 async def test_a_stream_longer_than_the_claims_worst_case_keeps_its_id_in_flight(stack, redis):

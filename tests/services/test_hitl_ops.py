@@ -82,8 +82,8 @@ async def test_a_caller_told_pending_while_the_result_is_being_recorded_still_he
         async def recording_blocked() -> bool:
             await lock.execute("select pg_stat_clear_snapshot()")  # else frozen for the transaction
             return bool(
-                await lock.fetch(
-                    "select 1 from pg_stat_activity where wait_event_type = 'Lock'"
+                await lock.fetch(  # waiting on this lock, not on one of another database's tests
+                    "select 1 from pg_stat_activity where pg_backend_pid() = any(pg_blocking_pids(pid))"
                     " and query like 'insert into hitl_audit%'"
                 )
             )

@@ -1,7 +1,7 @@
 """Services as real processes (`python -m services.<name>`): readiness, a SIGTERM during an
-in-flight invocation (the agent still gets its reply, exit 0, one JSON log line), and a router
+in-flight invocation (the agent still gets its reply, exit 0, one JSON log line), a router
 killed with SIGKILL (the gateway plans as before from the state in Redis and keeps serving),
-with exact metric deltas of the fresh processes."""
+with exact metric deltas of the fresh processes, and the heap frozen after start-up."""
 
 from __future__ import annotations
 
@@ -125,6 +125,20 @@ async def test_gateway_keeps_serving_when_the_router_is_killed(stack, procs, red
     assert await metric("switchboard_fallback_activations_total", reason="cooldown") == 1
     for scope, requests in ((PRIMARY[0], b"1"), ("/".join(SECONDARY), b"2")):
         assert (await redis.hget(keys.quota(stack.env, scope), "req")) == requests
+
+
+async def test_a_started_process_freezes_what_start_up_allocated(stack, procs):
+    """Start-up's objects are out of the cyclic collector's walk once the process serves: a full
+    collection then walks only what the process allocated since (docs/performance.md)."""
+    running = await procs("router")
+    router = running["router"]
+    await wait_for(
+        lambda: any(e.get("event") == "heap frozen" for e in router.log_lines()),
+        message="the router to freeze its heap",
+    )
+    [frozen] = [e for e in router.log_lines() if e.get("event") == "heap frozen"]
+    started = [e for e in router.log_lines() if e.get("event") == "service started"]
+    assert started and frozen["objects"] > 10_000, router.output()
 
 
 async def _provider_calls(stack) -> int:

@@ -1,7 +1,7 @@
 """Services as real processes (`python -m services.<name>`): readiness, a SIGTERM during an
 in-flight invocation (the agent still gets its reply, exit 0, one JSON log line), a router
 killed with SIGKILL (the gateway plans as before from the state in Redis and keeps serving),
-with exact metric deltas of the fresh processes, and the heap frozen after start-up."""
+with exact metric deltas of the fresh processes, and the collector tuned after start-up."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 
 from shared import keys
 from shared.contracts import Status
+from shared.service import GC_YOUNG_THRESHOLD
 from tests.support.fallback import PRIMARY, SECONDARY
 from tests.support.helpers import SIM_KEYS, ServiceProcess, infra_env, process_metric
 from tests.support.stack import wait_for
@@ -127,18 +128,19 @@ async def test_gateway_keeps_serving_when_the_router_is_killed(stack, procs, red
         assert (await redis.hget(keys.quota(stack.env, scope), "req")) == requests
 
 
-async def test_a_started_process_freezes_what_start_up_allocated(stack, procs):
-    """Start-up's objects are out of the cyclic collector's walk once the process serves: a full
-    collection then walks only what the process allocated since (docs/performance.md)."""
+async def test_a_started_process_tunes_its_collector(stack, procs):
+    """Start-up's objects are out of the cyclic collector's walk once the process serves, and the
+    young generation is collected less often (docs/performance.md)."""
     running = await procs("router")
     router = running["router"]
     await wait_for(
-        lambda: any(e.get("event") == "heap frozen" for e in router.log_lines()),
-        message="the router to freeze its heap",
+        lambda: any(e.get("event") == "collector tuned" for e in router.log_lines()),
+        message="the router to tune its collector",
     )
-    [frozen] = [e for e in router.log_lines() if e.get("event") == "heap frozen"]
+    [tuned] = [e for e in router.log_lines() if e.get("event") == "collector tuned"]
     started = [e for e in router.log_lines() if e.get("event") == "service started"]
-    assert started and frozen["objects"] > 10_000, router.output()
+    assert started and tuned["frozen"] > 10_000, router.output()
+    assert tuned["thresholds"][0] == GC_YOUNG_THRESHOLD
 
 
 async def _provider_calls(stack) -> int:

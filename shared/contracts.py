@@ -216,6 +216,23 @@ class SettleReply(Open):
     error: ErrorInfo | None = None
 
 
+class ExtendRequest(Strict):
+    """Keep a try's reservation held for another reservation_ttl_s (a stream still relaying)."""
+
+    invocation_id: str
+    workflow: str
+    session_id: str | None = None
+    agent: str | None = None
+    hold_token: str = Field(max_length=64)  # only the try that holds it extends it
+
+
+class ExtendReply(Open):
+    """`extended`: the ledgers whose hold this try still had, and now has for another TTL."""
+
+    extended: int = 0
+    error: ErrorInfo | None = None
+
+
 class BudgetShowRequest(Strict):
     workflow: str
     session_id: str | None = None

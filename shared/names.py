@@ -80,6 +80,10 @@ def budget_settle(env: str) -> str:
     return f"sb.{env}.budget.settle"
 
 
+def budget_extend(env: str) -> str:
+    return f"sb.{env}.budget.extend"
+
+
 def budget_show(env: str) -> str:
     return f"sb.{env}.budget.show"
 

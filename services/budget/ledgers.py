@@ -1,4 +1,4 @@
-"""Limits held in Redis: check-and-reserve, settle and read, one Lua script each.
+"""Limits held in Redis: check-and-reserve, extend, settle and read, one Lua script each.
 
 The layout of a ledger is documented in `lua/ledger.lua`, which is prepended to every script.
 Scripts are registered once and loaded lazily (again after a Redis restart: redis-py reloads
@@ -60,6 +60,7 @@ class LedgerStore:
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self._reserve = redis.register_script(_script("reserve_v2"))
+        self._extend = redis.register_script(_script("extend_v1"))
         self._settle = redis.register_script(_script("settle_v2"))
         self._usage = redis.register_script(_script("usage_v1"))
 
@@ -77,6 +78,12 @@ class LedgerStore:
         i = out[0] - 1
         ledger, amount = debits[i]
         return Refusal(ledger, amount, Balance(used=out[1 + 2 * i], reserved=out[2 + 2 * i]))
+
+    async def extend(self, invocation_id: str, ttl_ms: int, ledgers: Sequence[Ledger], token: str) -> int:
+        """Hold the try `token`'s reservation for another `ttl_ms` from now; the number of ledgers
+        where it was still held (0: expired, settled or taken over, and nothing changed)."""
+        keys = [key for ledger in ledgers for key in ledger.keys]
+        return await self._run("extend", self._extend, keys, [invocation_id, ttl_ms, token])
 
     async def settle(
         self, invocation_id: str, ttl_ms: int, credits: Sequence[tuple[Ledger, int]], token: str = ""

@@ -23,6 +23,8 @@ from shared.contracts import (
     BudgetScope,
     BudgetShowReply,
     BudgetShowRequest,
+    ExtendReply,
+    ExtendRequest,
     Reservation,
     ReserveRequest,
     SettleReply,
@@ -62,6 +64,13 @@ class BudgetService(Service):
             SettleRequest,
             self.settle,
             lambda exc, _: SettleReply(error=errors.to_wire(exc)),
+        )
+        await self.bus.serve(
+            names.budget_extend(env),
+            names.BUDGET_QUEUE,
+            ExtendRequest,
+            self.extend,
+            lambda exc, _: ExtendReply(error=errors.to_wire(exc)),
         )
         await self.bus.serve(
             names.budget_show(env),
@@ -141,6 +150,19 @@ class BudgetService(Service):
             )
         return SettleReply(settled=settled)
 
+    async def extend(self, req: ExtendRequest, _: Msg) -> ExtendReply:
+        """Keep a try's reservation held for another reservation_ttl_s: a stream goes on for as
+        long as its provider keeps sending, which no tier timeout bounds."""
+        policy = self.config.active.policy
+        workflow = _workflow(self.config.active, req.workflow)
+        ledgers = self._ledgers(policy, req, workflow.budget)
+        if not ledgers:
+            return ExtendReply()
+        ttl_ms = workflow.budget.reservation_ttl_s * 1000
+        return ExtendReply(
+            extended=await self.store.extend(req.invocation_id, ttl_ms, ledgers, req.hold_token)
+        )
+
     async def show(self, req: BudgetShowRequest, _: Msg) -> BudgetShowReply:
         """Ceilings, window usage, reservations in flight and spend today, for `sbctl budget show`."""
         active = self.config.active
@@ -159,7 +181,9 @@ class BudgetService(Service):
                 reply.spend_today = usage
         return reply
 
-    def _ledgers(self, policy: Policy, req: ReserveRequest | SettleRequest, budget: BudgetSpec) -> list:
+    def _ledgers(
+        self, policy: Policy, req: ReserveRequest | SettleRequest | ExtendRequest, budget: BudgetSpec
+    ) -> list:
         agent = policy.agents.get(req.agent) if req.agent else None
         return limits.ledgers(
             self.settings.env,

@@ -45,6 +45,7 @@ PROBES = [
     ("agent-alice", DENY, PUB, sb("invoke.support-triage")),  # the operators' (label) subject
     ("agent-alice", DENY, PUB, sb("budget.settle")),  # settle (release a reservation)
     ("agent-alice", DENY, PUB, sb("budget.reserve")),
+    ("agent-alice", DENY, PUB, sb("budget.extend")),  # keep another's reservation held
     ("agent-alice", DENY, PUB, f"$KV.{B}.policy"),  # write the policy bucket
     ("agent-alice", DENY, PUB, f"$JS.API.STREAM.DELETE.KV_{B}"),
     ("agent-alice", DENY, PUB, sb("events.invocation")),  # publish (forge) an event
@@ -80,6 +81,7 @@ PROBES = [
     ("gateway", DENY, PUB, sb("result.inv-1")),  # the hitl service publishes it, once recorded
     ("gateway", ALLOW, SUB, sb("gateway.resume")),
     ("gateway", ALLOW, PUB, sb("budget.settle")),
+    ("gateway", ALLOW, PUB, sb("budget.extend")),
     ("gateway", ALLOW, PUB, sb("events.invocation")),
     ("gateway", DENY, PUB, f"$KV.{B}.policy"),
     ("gateway", DENY, PUB, sb("router.block")),
@@ -92,11 +94,13 @@ PROBES = [
     ("router", ALLOW, SUB, "$SRV.PING.switchboard-router"),
     ("router", ALLOW, PUB, sb("events.rate_limit")),
     ("router", DENY, PUB, sb("budget.settle")),
+    ("router", DENY, PUB, sb("budget.extend")),
     ("router", DENY, PUB, f"$KV.{B}.policy"),
     ("router", DENY, SUB, sb("invoke.*")),
     ("router", DENY, SUB, sb("budget.>")),
     # budget
     ("budget", ALLOW, SUB, sb("budget.reserve")),
+    ("budget", ALLOW, SUB, sb("budget.extend")),
     ("budget", ALLOW, PUB, sb("events.budget_breach")),
     ("budget", DENY, PUB, sb("router.block")),
     ("budget", DENY, PUB, f"$KV.{B}.policy"),

@@ -175,3 +175,51 @@ async def test_a_retry_after_a_release_holds_and_is_charged_again(store, env_nam
     assert await store.settle("inv", HOUR_MS, [(tokens, 30), (dollars, 7)], token="try-b") == 2
     assert await store.balance(tokens) == Balance(used=30, reserved=0, in_flight=0)
     assert await store.balance(dollars) == Balance(used=7, reserved=0, in_flight=0)
+
+
+async def _server_ms(redis) -> int:
+    seconds, micros = await redis.time()
+    return seconds * 1000 + micros // 1000
+
+
+async def test_extend_keeps_only_this_tries_hold_and_never_shortens_a_key(store, redis, env_name):
+    """A stream's gateway extends its own try's hold; another try's token changes nothing, and a
+    shorter extend leaves the hold and every key's TTL as they were (they only move later)."""
+    tokens, dollars = session(env_name, 1000, window_ms=2000), spend(env_name, 1000)
+    both = [(tokens, 100), (dollars, 50)]
+    assert await store.reserve("other", 2000, both, token="try-o") is None  # the keys exist first
+    assert await store.reserve("inv", 2000, both, token="try-a") is None
+    before = await redis.zscore(tokens.keys[1], "inv")
+
+    assert await store.extend("inv", HOUR_MS, [tokens, dollars], token="try-b") == 0
+    assert await redis.zscore(tokens.keys[1], "inv") == before
+    assert await store.extend("inv", HOUR_MS, [tokens, dollars], token="try-a") == 2
+    extended = await redis.zscore(tokens.keys[1], "inv")
+    assert extended >= await _server_ms(redis) + HOUR_MS - 1000 > before
+    for key in tokens.keys[1:]:  # the window set holds nothing settled yet: it does not exist
+        assert await redis.pttl(key) > HOUR_MS - 1000, key
+
+    assert await store.extend("inv", 100, [tokens, dollars], token="try-a") == 2  # still held: kept
+    assert await redis.zscore(tokens.keys[1], "inv") == extended
+    assert await redis.pttl(tokens.keys[1]) > HOUR_MS - 1000
+    assert await redis.pttl(dollars.keys[1]) > 86_400_000 - 60_000  # the spend day's, untouched
+    assert await store.settle("inv", HOUR_MS, [(tokens, 30), (dollars, 7)], token="try-a") == 2
+    assert (await store.balance(tokens)).used == 30
+
+
+async def test_extend_never_brings_back_a_settled_or_expired_hold(store, redis, env_name):
+    ledger = session(env_name, 100)
+    await store.reserve("settled", HOUR_MS, [(ledger, 10)], token="t")
+    await store.settle("settled", HOUR_MS, [(ledger, 4)], token="t")
+    assert await store.extend("settled", HOUR_MS, [ledger], token="t") == 0
+
+    await store.reserve("lapsed", 50, [(ledger, 90)], token="t")
+    expires = await redis.zscore(ledger.keys[1], "lapsed")
+    await wait_for(lambda: _past(redis, expires), timeout=3, message="the hold's expiry")
+    assert await store.extend("lapsed", HOUR_MS, [ledger], token="t") == 0
+    assert await store.balance(ledger) == Balance(used=4, reserved=0, in_flight=0)
+    assert await store.reserve("next", HOUR_MS, [(ledger, 96)]) is None
+
+
+async def _past(redis, ms: float) -> bool:
+    return await _server_ms(redis) > ms

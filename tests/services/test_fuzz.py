@@ -56,6 +56,12 @@ SUBJECTS = {
         lambda: {"invocation_id": "r", "workflow": WF, "session_id": "s", "prompt_tokens": 1},
         False,
     ),
+    "extend": (
+        names.budget_extend,
+        "budget",
+        lambda: {"invocation_id": "r", "workflow": WF, "session_id": "s", "hold_token": "t"},
+        True,
+    ),
     "show": (names.budget_show, "budget", lambda: {"workflow": WF, "session_id": "s"}, True),
     "trace": (names.recorder_trace, "recorder", lambda: {"invocation_id": "t"}, True),
     "count": (

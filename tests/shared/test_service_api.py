@@ -24,7 +24,7 @@ ENDPOINTS = {
         "gateway-probe",
     },  # operators', agents', hitl's, probes
     "router": {"router-outcome", "router-status", "router-block", "degradation"},
-    "budget": {"budget-reserve", "budget-settle", "budget-show"},
+    "budget": {"budget-reserve", "budget-settle", "budget-extend", "budget-show"},
     "recorder": {
         "recorder-trace",
         "recorder-count",

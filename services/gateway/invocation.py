@@ -21,6 +21,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from services.gateway import access_log
 from services.gateway.admission import admit
 from services.gateway.gates import Facts, Match
+from services.gateway.holds import HoldKeeper
 from services.gateway.idempotency import Replay
 from services.gateway.planning import Plan, PlannedTier
 from services.gateway.streaming import StreamRelay
@@ -33,6 +34,7 @@ from shared.contracts import (
     BudgetUnavailableEvent,
     DeciderKind,
     ErrorInfo,
+    ExtendRequest,
     FallbackEvent,
     InvocationEvent,
     InvokeRequest,
@@ -112,6 +114,7 @@ class Invocation:
         self._params: CallParams | None = None
         self._used: tuple[Usage | None, str | None] = (None, None)  # what this process's call used
         self._called = False  # this process walked the tiers (its attempts are its to record)
+        self._keeper: HoldKeeper | None = None  # a stream's: keeps its reservation held
 
     def steps(self) -> list[Callable[[], Awaitable[None]]]:
         """The path of a new invocation, or of one resumed after its review was decided."""
@@ -196,11 +199,15 @@ class Invocation:
         """The budget decides first: a refused call takes no quota (nor a reviewer's time)."""
         req = self.req
         self.estimate = self._estimate()
+        asked = time.monotonic()
         reservation = await self._reserve()
         self.reservation = reservation  # held until settled, even if planning fails
         if not reservation.allowed:
             self._answer(self._refused(reservation))
             return
+        if self.relay is not None and reservation.reserved_tokens:
+            self._keeper = self._hold_keeper(asked)
+            self.relay.lapsing = self._keeper.lapsing
         self._params = CallParams(
             max_tokens=reservation.max_tokens or req.max_tokens or 1,
             temperature=req.temperature,
@@ -222,6 +229,14 @@ class Invocation:
             self._answer(await self._hold(match, held=None))
 
     async def call_tiers(self) -> None:
+        """Walk the plan's tiers; a stream's reservation is kept held meanwhile."""
+        if self._keeper is None:
+            await self._call_tiers()
+            return
+        async with self._keeper.keeping():
+            await self._call_tiers()
+
+    async def _call_tiers(self) -> None:
         """Walk the plan's tiers, planning again from where it left off."""
         req, plan, params = self.req, self._plan_now, self._params
         assert plan is not None and params is not None
@@ -549,6 +564,18 @@ class Invocation:
                 return self._budget_unavailable(reservation.error.message)
             raise errors.from_wire(reservation.error)
         return reservation
+
+    def _hold_keeper(self, asked: float) -> HoldKeeper:
+        req = self.req
+        ask = ExtendRequest(
+            invocation_id=req.invocation_id,
+            workflow=req.workflow,
+            session_id=req.session_id,
+            agent=req.agent,
+            hold_token=self.hold_token,
+        )
+        ttl_s = self.workflow.budget.reservation_ttl_s
+        return HoldKeeper(self.bus, self.env, ask, ttl_s, self.gw.settings.control_timeout_s, asked)
 
     def _budget_unavailable(self, why: str) -> Reservation:
         budget = self.workflow.budget

@@ -10,7 +10,9 @@ A chunk this process cannot publish (its NATS connection closed, its buffer full
 reconnects, a chunk larger than a message may be) ends the relay the same way, reading no more
 of the provider: the tokens produced so far, that one included, are what settles. A requester
 that went away fails no publish (core NATS drops what nobody listens to): that stream is read
-to its end and settled in full."""
+to its end and settled in full. A stream whose budget reservation can no longer be kept held
+(see `holds.py`) ends the same way before its next chunk is sent: that chunk and those before
+it are what settles."""
 
 from __future__ import annotations
 
@@ -40,6 +42,9 @@ class StreamRelay:
         # Called after each chunk sent: keeps the invocation id's claim for as long as the
         # stream goes on, which no tier timeout bounds (a timeout is for the next chunk).
         self.alive: Callable[[], None] | None = None
+        # True once the budget reservation may lapse before the next chunk (`HoldKeeper`): the
+        # stream ends then, its tokens settled against the hold that still stands.
+        self.lapsing: Callable[[], bool] | None = None
 
     def info(self) -> StreamInfo:
         return StreamInfo(chunks=self.sent, first_chunk_ms=self.first_chunk_ms, end=self.end)
@@ -65,6 +70,9 @@ class StreamRelay:
                             self.end = StreamEnd.CAP
                             break
                         pieces.append(piece)
+                        if self.lapsing is not None and self.lapsing():
+                            broken, self.end = _unheld(len(pieces)), StreamEnd.INTERRUPTED
+                            break
                         try:
                             await self._send(piece)
                         except NatsError as exc:
@@ -94,6 +102,13 @@ class StreamRelay:
         self.sent += 1
         if self.alive is not None:
             self.alive()
+
+
+def _unheld(n: int) -> ProviderCallError:
+    """Why a stream stopped at chunk `n`: its budget reservation could not be kept held."""
+    return ProviderCallError(
+        AttemptOutcome.OK, f"chunk {n} not relayed: the budget reservation could not be extended"
+    )
 
 
 def _unrelayed(n: int, exc: NatsError) -> ProviderCallError:

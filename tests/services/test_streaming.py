@@ -246,6 +246,88 @@ async def test_a_stream_longer_than_the_claims_worst_case_keeps_its_id_in_flight
     await settled(stack, sid, final.usage.prompt_tokens + final.usage.completion_tokens)
 
 
+async def test_a_stream_longer_than_its_reservation_keeps_it_held_and_is_charged_in_full(stack):
+    """A tier's timeout bounds only the wait for the next chunk, so a stream may outlive its
+    workflow's reservation_ttl_s. The gateway asks the budget to extend the hold, four times
+    per TTL (not per chunk): past the TTL the stream's worst case is still held, so a second
+    call that would pass the session limit beside it is refused, and the final settle charges
+    every token the stream used."""
+    ttl_s, limit = 4, 130
+    doc = yaml.safe_load((stack.policy_dir / "workflows.yaml").read_text())
+    for tier in doc["workflows"][WF]["tiers"]:
+        tier["timeout_ms"] = 1500  # a chunk each half second is well within a tier's idle timeout
+    doc["workflows"][WF]["budget"]["reservation_ttl_s"] = ttl_s  # exceeds the chain's 3 s
+    doc["workflows"][WF]["budget"]["session"]["tokens"] = limit
+    stack.write_policy("workflows.yaml", doc)
+    await stack.start()
+    prompt = next(p for p in (f"drip {i}" for i in range(1000)) if generate(*PRIMARY, p, 64)[1] >= 20)
+    drip = await stack.sim.control.add_fault("drip", provider=PRIMARY[0], latency_ms=500)
+    sid = session()
+    sb = await stack.client()
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    async with sb.stream(WF, prompt, session_id=sid, max_tokens=64, invocation_id=uuid.uuid4().hex) as s:
+        reading = aiter(s)
+        chunks = [await anext(reading)]
+        since = loop.time()  # the reservation was taken before the first chunk was sent
+        while loop.time() - since < ttl_s + 2:
+            chunks.append(await anext(reading))
+        held = (await ledger(stack, sid)).session
+        assert held.in_flight == 1 and held.used == 0, held
+        worst = int(held.reserved)
+        assert worst <= limit < 2 * worst  # one such call fits the session, two do not
+        beside = await sb.invoke(WF, prompt, session_id=sid, max_tokens=64)
+        assert beside.status is Status.BUDGET_EXCEEDED, beside
+        assert beside.error.details[0]["scope"] == "session"
+        await stack.sim.control.remove_fault(drip)  # the provider sends the rest at once
+        chunks += [c async for c in reading]
+    elapsed = loop.time() - began
+
+    final = s.result
+    assert final.status is Status.SUCCESS, final
+    assert texts(chunks) == final.output and final.usage.completion_tokens == len(chunks)
+    await settled(stack, sid, final.usage.prompt_tokens + final.usage.completion_tokens)
+    [extend] = [e for e in stack["budget"].bus.endpoints if e.name == "budget-extend"]
+    # past the TTL it was extended; at most once per quarter of the TTL, fewer than the chunks
+    assert 1 <= extend.requests <= elapsed / (ttl_s / 4) + 1 < len(chunks), (extend.requests, elapsed)
+    assert extend.errors == 0
+
+
+async def test_a_stream_whose_reservation_cannot_be_extended_ends_before_it_lapses(stack):
+    """With the budget down, the hold cannot be extended: the stream ends as interrupted while
+    half the TTL is still held, and once the budget is back the tokens produced settle exactly."""
+    ttl_s = 10
+    doc = yaml.safe_load((stack.policy_dir / "workflows.yaml").read_text())
+    for tier in doc["workflows"][WF]["tiers"]:
+        tier["timeout_ms"] = 1500
+    doc["workflows"][WF]["budget"]["reservation_ttl_s"] = ttl_s
+    stack.write_policy("workflows.yaml", doc)
+    await stack.start()
+    # an answer that would drip for longer than the reservation lasts
+    prompt = next(
+        p for p in (f"drip {i}" for i in range(1000)) if generate(*PRIMARY, p, 64)[1] >= 2 * ttl_s + 4
+    )
+    await stack.sim.control.add_fault("drip", provider=PRIMARY[0], latency_ms=500)
+    sid = session()
+    sb = await stack.client()
+    chunks = []
+    with pytest.raises(StreamInterrupted) as caught:
+        async with sb.stream(WF, prompt, session_id=sid, max_tokens=64) as s:
+            async for chunk in s:
+                if not chunks:
+                    await stack.stop("budget")
+                chunks.append(chunk)
+    await stack.start("budget")
+
+    assert "budget reservation could not be extended" in caught.value.message
+    final = s.result
+    assert final.error.code == "stream_interrupted" and final.stream.end == "interrupted"
+    assert final.output == texts(chunks) and final.stream.chunks == len(chunks)
+    assert final.usage.completion_tokens == len(chunks) + 1  # the chunk read when it stopped, unsent
+    assert len(chunks) < generate(*PRIMARY, prompt, 64)[1] - 1
+    await settled(stack, sid, final.usage.prompt_tokens + final.usage.completion_tokens)
+
+
 async def test_the_completion_cap_cuts_a_stream_and_is_recorded(running):
     await running.sim.control.add_fault("overrun", provider=PRIMARY[0], count=1)  # ignores max_tokens
     sid = session()

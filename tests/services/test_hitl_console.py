@@ -492,6 +492,38 @@ def test_history_filters_and_their_csv_export_select_the_same_reviews(page, cons
     assert exported(export(page)) == {}
 
 
+def test_the_history_and_its_export_hold_only_the_reviewers_own_queues(page, console):
+    ours, theirs = console.hold(), console.hold()
+    moved = console.api(
+        "alice",
+        "POST",
+        f"/v1/reviews/{theirs.review_id}/escalate",
+        json={"to": "payments-leads", "reason": "big"},
+    )
+    assert moved.status_code == 200, moved.text
+    [_, lead] = console.loop.run(reviews(console.stack, theirs.invocation_id))
+    decide = [
+        console.api("bob", "POST", f"/v1/reviews/{ours.review_id}/reject", json={"reason": "no"}),
+        console.api("carol", "POST", f"/v1/reviews/{lead['id']}/reject", json={"reason": "no"}),
+    ]
+    assert [r.status_code for r in decide] == [200, 200]
+    for review_id in (ours.review_id, lead["id"]):
+        console.loop.run(wait_acted(console.stack, review_id))
+
+    sign_in(page, console, "bob")  # bob reviews payments only; the lead's review is in payments-leads
+    page.get_by_role("link", name="History").click()
+    expect(page.locator(f"#history-{ours.review_id}")).to_be_visible()
+    expect(page.locator(f"#history-{lead['id']}")).to_have_count(0)
+    rows = export(page)
+    assert ours.review_id in {r["review_id"] for r in rows}
+    assert lead["id"] not in {r["review_id"] for r in rows}
+    assert {r["queue"] for r in rows if r["review_id"] == ours.review_id} == {"payments"}
+
+    for path in ("/history?queue=payments-leads", "/history.csv?queue=payments-leads"):
+        refused = page.request.get(console.url(path))
+        assert refused.status == 403 and "does not review queue" in refused.text(), path
+
+
 # Copies of one decided review, one an hour from FIRST: reviews (and their `decided` audit rows)
 # in a past month that no other test touches, enough to pass the page's cap.
 FIRST = datetime(2020, 1, 15, tzinfo=UTC)

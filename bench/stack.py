@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -129,9 +130,16 @@ def source_digest() -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port below Linux's ephemeral range (32768-60999), which no outgoing connection
+    takes between this check and the service binding it (port 0 would give an ephemeral one)."""
+    for port in random.sample(range(20000, 32768), 64):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32767")
 
 
 def answers(host: str, port: int) -> bool:

@@ -12,17 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.helpers import free_port
 from tests.support.infra import Infra
 from tests.support.nats_server import AuthNats
 from tests.support.stack import Stack, copy_policy
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, proc: subprocess.Popen, what: str) -> None:

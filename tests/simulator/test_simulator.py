@@ -7,7 +7,6 @@ import json
 import math
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -20,6 +19,7 @@ import pytest
 from services.simulator.app import STATE, SimState, start
 from services.simulator.faults import OVERSIZE_BYTES
 from shared.simctl import SimulatorControl
+from tests.support.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 OA_AUTH = {"Authorization": "Bearer sk-test"}
@@ -451,14 +451,8 @@ async def test_concurrent_requests(sim: Sim) -> None:
 # --- real process --------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def test_subprocess_serves_and_exits_cleanly_on_sigterm() -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "SB_SIM_PORT": str(port), "SB_SIM_LATENCY_MS": "5"}
     env.pop("SB_SIM_HOST", None)
     proc = await asyncio.create_subprocess_exec(

@@ -10,16 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+from tests.support.helpers import free_port
 from tests.support.servers import nats_server_binary
 
 REPO = Path(__file__).resolve().parents[2]
 GENERATE = REPO / "deploy" / "nats" / "generate.py"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class AuthNats:
@@ -65,7 +60,7 @@ class AuthNats:
             unrestricted = f'    {{user: "tests", password: "{self.password("tests")}"}},\n  ]\n}}'
             auth = auth.rstrip().removesuffix("]\n}").rstrip() + "\n" + unrestricted + "\n"
         (self.root / "auth.conf").write_text(auth)
-        self.port = _free_port()
+        self.port = free_port()
         (self.root / "server.conf").write_text(self.server_config())
         self._proc = subprocess.Popen(
             [binary, "-c", str(self.root / "server.conf"), "-l", str(self.log)],

@@ -130,6 +130,18 @@ async def test_every_key_written_has_a_ttl(store, redis, env_name):
         assert 0 < await redis.pttl(key) <= 86_400_000, key
 
 
+async def test_the_first_reservation_on_fresh_ledgers_leaves_no_key_without_a_ttl(store, redis, env_name):
+    """A reservation never settled (its gateway died) on ledgers nothing touches again: every key it
+    created must still expire, or Redis keeps it for good."""
+    tokens, dollars = session(env_name, 1000), spend(env_name, 1000)
+    assert await store.reserve("a", 5000, [(tokens, 10), (dollars, 10)], token="try-1") is None
+
+    written = [k async for k in redis.scan_iter(match=keys.prefix(env_name) + "*")]
+    assert written
+    for key in written:
+        assert 0 < await redis.pttl(key) <= 86_400_000, key
+
+
 async def test_concurrent_reserves_from_two_clients_never_pass_the_limit(store, infra, env_name):
     other = aioredis.from_url(infra.redis_url)
     try:

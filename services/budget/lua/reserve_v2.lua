@@ -22,6 +22,7 @@ local now = now_ms()
 local out = {0}
 local todo = {}
 local held = {}
+local kept = {}
 for i = 0, #KEYS / 5 - 1 do
   local k = ledger(i)
   local a = 4 + 4 * i
@@ -38,9 +39,17 @@ for i = 0, #KEYS / 5 - 1 do
     end
     todo[#todo + 1] = {k = k, amount = amount}
   end
-  keep(k, math.max(window_ms, ttl))
+  kept[#kept + 1] = {k = k, ms = math.max(window_ms, ttl)}
+end
+-- Expiry is set once every key is written: PEXPIRE on a key not yet created does nothing, and a
+-- first reservation never settled would otherwise leave its keys in Redis for good.
+local function keep_all()
+  for _, e in ipairs(kept) do
+    keep(e.k, e.ms)
+  end
 end
 if out[1] ~= 0 then
+  keep_all()
   return out
 end
 local function hold_for_this_try(k)
@@ -59,4 +68,5 @@ for _, t in ipairs(todo) do
   redis.call('HSET', t.k.amounts, id, t.amount)
   redis.call('HINCRBY', t.k.totals, 'reserved', t.amount)
 end
+keep_all()
 return out

@@ -475,7 +475,8 @@ async def main(args: argparse.Namespace) -> int:
     doc["points"] = bench.points if bench else []
     doc["capacity"] = {str(k): v for k, v in bench.capacities.items()} if bench else {}
     doc["summary"] = report.summarize(doc["points"])
-    doc["targets"] = [] if args.smoke else report.targets(doc["summary"], doc["peak_rss_mb"])
+    caps = bench.capacities if bench else {}
+    doc["targets"] = [] if args.smoke else report.targets(doc["summary"], doc["peak_rss_mb"], caps)
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"{stamp}.json"
     out.write_text(json.dumps(doc, indent=1))

@@ -151,20 +151,26 @@ class Generator:
             await self.nc.close()
 
     async def _http_call(self, target: dict, first_chunk: list[float]):
-        """A call on a keep-alive connection of the worker's own (`HttpConnection`); with
+        """A call on a keep-alive connection (`HttpConnection`) of the worker's own, or on a
+        further one when the open loop sends it again before it has answered; with
         `stream`, the time to the first `data:` event too, and the outcome is the status and
         `/done` once the last event was `data: [DONE]` (or Anthropic's message_stop)."""
         url = urlsplit(target["url"])
         host, port = url.hostname, url.port or 80
         request = http_request(url, target["headers"], target["body"].encode())
         by_model, stream = target.get("by_model", False), target.get("stream", False)
-        conn = HttpConnection(host, port)
-        self.connections.append(conn)
+        idle: list[HttpConnection] = []  # a closed-loop worker uses one; an open loop more at once
         clock = time.perf_counter
 
         async def call() -> str:
+            if idle:
+                conn = idle.pop()
+            else:
+                conn = HttpConnection(host, port)
+                self.connections.append(conn)
             t0 = clock()
             status, body, first = await conn.call(request, stream)
+            idle.append(conn)  # not after a failure: `HttpConnection.call` closed it and raised
             if not stream:
                 if by_model and status == 200:
                     return f"200/{orjson.loads(body).get('model')}"

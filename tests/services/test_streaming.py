@@ -53,6 +53,18 @@ async def stream(stack, prompt: str, **kwargs) -> tuple[list[StreamChunk], Invok
     return chunks, s.result
 
 
+async def interrupted(stack, prompt: str, **kwargs) -> tuple[list[StreamChunk], InvokeResult, str]:
+    """A streamed invocation that must break after its first chunk: (the chunks read, the final
+    result, the message of the `StreamInterrupted` it raised)."""
+    sb = await stack.client()
+    chunks = []
+    with pytest.raises(StreamInterrupted) as caught:
+        async with sb.stream(WF, prompt, **kwargs) as s:
+            async for chunk in s:
+                chunks.append(chunk)
+    return chunks, s.result, caught.value.message
+
+
 async def ledger(stack, session_id: str) -> BudgetShowReply:
     nc = await nats.connect(stack.infra.nats_url, **stack.infra.nats_options)
     try:
@@ -128,17 +140,10 @@ async def test_a_break_after_the_fifth_chunk_raises_and_settles_the_partial_usag
     before = streams_metric("interrupted")
     await running.sim.control.add_fault("break", provider=PRIMARY[0], after_chunks=5, count=1)
     sid, prompt = session(), "break this stream half-way"
-    sb = await running.client()
-    chunks = []
-
-    with pytest.raises(StreamInterrupted) as caught:
-        async with sb.stream(WF, prompt, session_id=sid) as s:
-            async for chunk in s:
-                chunks.append(chunk)
+    chunks, final, message = await interrupted(running, prompt, session_id=sid)
 
     assert [c.seq for c in chunks] == [0, 1, 2, 3, 4]
-    assert "after 5 chunks" in caught.value.message
-    final = s.result
+    assert "after 5 chunks" in message
     assert final.status is Status.ERROR and final.error.code == "stream_interrupted"
     assert final.output == texts(chunks)  # what the agent has, and no more
     estimate = tokens.estimate([Message(role="user", content=prompt)])  # the provider never said
@@ -147,8 +152,8 @@ async def test_a_break_after_the_fifth_chunk_raises_and_settles_the_partial_usag
     assert [a.outcome for a in final.attempts] == [AttemptOutcome.CONNECTION_ERROR]
     assert (await sim_count(running, *PRIMARY), await sim_count(running, *SECONDARY)) == (1, 0)
 
-    await wait_events(running, "invocation", 1, invocation_id=s.invocation_id)
-    [row] = await invocation_rows(running, s.invocation_id)
+    await wait_events(running, "invocation", 1, invocation_id=final.invocation_id)
+    [row] = await invocation_rows(running, final.invocation_id)
     assert (row["status"], row["error_code"]) == ("error", "stream_interrupted")
     assert (row["prompt_tokens"], row["completion_tokens"]) == (estimate, 5)
     await settled(running, sid, estimate + 5)
@@ -164,17 +169,10 @@ async def test_a_chunk_the_gateway_cannot_relay_ends_the_stream_and_settles_what
     assert OVERSIZE_BYTES > limit
     await running.sim.control.add_fault("oversize", provider=PRIMARY[0], after_chunks=3, count=1)
     sid, prompt = session(), "a chunk too large to relay"
-    sb = await running.client()
-    chunks = []
-
-    with pytest.raises(StreamInterrupted) as caught:
-        async with sb.stream(WF, prompt, session_id=sid) as s:
-            async for chunk in s:
-                chunks.append(chunk)
+    chunks, final, message = await interrupted(running, prompt, session_id=sid)
 
     assert [c.seq for c in chunks] == [0, 1, 2]
-    assert "after 3 chunks" in caught.value.message
-    final = s.result
+    assert "after 3 chunks" in message
     assert final.status is Status.ERROR and final.error.code == "stream_interrupted"
     assert final.output == texts(chunks)  # what the agent has, and no more
     estimate = tokens.estimate([Message(role="user", content=prompt)])  # the stream was cut

@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import httpx
 import orjson
 from prometheus_client import REGISTRY
 
+from bench.stack import free_port
 from tests.support.infra import Infra
 from tests.support.stack import REPO, wait_for
 
@@ -104,24 +103,6 @@ async def run_process(*argv: str, cwd, env: dict[str, str], timeout: float) -> t
 
 
 # --- service processes ---------------------------------------------------------------------
-
-
-# Below Linux's ephemeral range (32768-60999 by default): the kernel never hands these to an
-# outgoing connection, so a port found free here stays free until the test's server binds it.
-# Port 0 would give an ephemeral port, which any connection on the machine may take meanwhile.
-LISTEN_PORTS = range(20000, 32768)
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on, for a server the test starts next."""
-    for port in random.sample(LISTEN_PORTS, 64):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {LISTEN_PORTS}")
 
 
 class ServiceProcess:

@@ -19,9 +19,7 @@ for i = 0, #KEYS / 5 - 1 do
   local expires = tonumber(redis.call('ZSCORE', k.reserved, id))
   if expires and expires > now and redis.call('HGET', k.holders, id) == token then
     redis.call('ZADD', k.reserved, 'XX', 'GT', now + ttl, id)
-    for _, key in ipairs({k.window, k.reserved, k.amounts, k.totals, k.holders}) do
-      redis.call('PEXPIRE', key, ttl, 'GT')
-    end
+    keep(k, ttl, true)
     extended = extended + 1
   end
 end

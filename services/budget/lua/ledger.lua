@@ -74,8 +74,12 @@ local function totals(k)
   return tonumber(t[1]) or 0, tonumber(t[2]) or 0
 end
 
-local function keep(k, ms)
+local function keep(k, ms, only_later)
   for _, key in ipairs({k.window, k.reserved, k.amounts, k.totals, k.holders}) do
-    redis.call('PEXPIRE', key, ms)
+    if only_later then
+      redis.call('PEXPIRE', key, ms, 'GT')
+    else
+      redis.call('PEXPIRE', key, ms)
+    end
   end
 end
